@@ -1,0 +1,301 @@
+"""Encoding and decoding images: the network driven step by step, with real range coding.
+
+Numeric policy: the analysis and synthesis transforms run in float32 on the chosen device; the
+entropy-parameter path (hyper-synthesis, slice networks, checkerboard context, LRP, gains on z)
+runs in float64, and table indices are chosen in float64, so an encoder and a decoder on
+different devices or thread counts pick the same tables (see docs/FORMAT.md).
+
+Coding order of a tile's stream: z (all channels), then for each slice either one step
+(grouped) or two (checkerboard: anchors, then non-anchors), each step's symbols grouped by
+table as `SymbolEncoder` describes. Symbols are in (channel, row, column) order within a step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoint import LoadedModel, load_model
+from .container import CONTEXT_MODES, Container, Header, TilePayload, read_container, write_container
+from .entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
+from .entropy.tables import CDFTables, ScaleTable
+from .errors import FormatError, ModelError, UsageError
+from .imageio import DecodedImage, SourceImage
+from .nn.context import anchor_mask
+from .nn.model import CCAModel
+
+ENTROPY_DTYPE = torch.float64
+DEFAULT_MAX_PIXELS = 1 << 28
+
+# code_step(slice index, mean, scale, positions mask or None) -> symbols (float64, same shape as mean)
+CodeStep = Callable[[int, Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+@dataclass
+class _Coding:
+    """A network prepared for coding on one device, with its frozen tables."""
+
+    net: CCAModel
+    device: torch.device
+    z_tables: CDFTables
+    y_tables: CDFTables
+    scale_table: ScaleTable
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def _prepare(model: LoadedModel, device: torch.device) -> _Coding:
+    """Move the transforms to `device` (float32) and the entropy path to float64 (once)."""
+    net = model.net.eval()
+    cached = getattr(model, "_coding", None)
+    if cached is not None and cached.device == device:
+        return cached
+    net.to(device)
+    for module in (net.h_mean_s, net.h_scale_s, net.context):
+        module.to(ENTROPY_DTYPE)
+    coding = _Coding(
+        net=net,
+        device=device,
+        z_tables=CDFTables.from_module(net.entropy_bottleneck),
+        y_tables=CDFTables.from_module(net.gaussian_conditional),
+        scale_table=ScaleTable(net.scale_bounds),
+    )
+    model._coding = coding  # type: ignore[attr-defined]
+    return coding
+
+
+def _check_quality(model: LoadedModel, quality: float) -> float:
+    q = float(quality)
+    if not (1.0 <= q <= len(model.qualities)):
+        raise UsageError(f"quality must be between 1 and {len(model.qualities)}, got {quality}")
+    return q
+
+
+def _check_context(net: CCAModel, context: str) -> str:
+    if context not in CONTEXT_MODES:
+        raise UsageError(f"unknown context mode {context!r}; use {' or '.join(CONTEXT_MODES)}")
+    if context == "checkerboard" and net.context.spatial is None:
+        raise UsageError(f"model {net.cfg.name!r} has no spatial context; use --context grouped")
+    return context
+
+
+def default_context(model: LoadedModel) -> str:
+    """checkerboard when the network has a spatial context, else grouped."""
+    return "checkerboard" if model.net.context.spatial is not None else "grouped"
+
+
+def _gains(net: CCAModel, quality: float, device: torch.device) -> tuple[Tensor, ...]:
+    """Gains at `quality`, computed on the CPU in float64 (identical on every machine)."""
+    gains = net.gains.to("cpu")(torch.tensor([quality], dtype=torch.float64))
+    net.gains.to(device)
+    return tuple(g.to(device) for g in gains)
+
+
+def _walk_slices(c: _Coding, latent_means: Tensor, latent_scales: Tensor, checkerboard: bool, code_step: CodeStep) -> Tensor:
+    """Run the context model slice by slice; `code_step` codes (encoder) or decodes (decoder)
+    the symbols of each step. Returns y_hat (1, M, h, w) in float64."""
+    ctx = c.net.context
+    y_hats: list[Tensor] = []
+    anchors = anchor_mask(*latent_means.shape[-2:], device=latent_means.device)
+    for i in range(len(ctx.sizes)):
+        mean_feat, scale_feat = ctx.stack_features(i, latent_means, latent_scales, y_hats)
+        mu, scale = ctx.parameters(i, mean_feat, scale_feat)
+        if checkerboard:
+            q_anchor = code_step(i, mu, scale, anchors)
+            spatial = ctx.spatial_context(i, q_anchor + mu)
+            mu_n, scale_n = ctx.parameters(i, mean_feat, scale_feat, spatial)
+            q_rest = code_step(i, mu_n, scale_n, ~anchors)
+            y_hat = torch.where(anchors, q_anchor + mu, q_rest + mu_n)
+        else:
+            y_hat = code_step(i, mu, scale, None) + mu
+        y_hats.append(ctx.refine(i, mean_feat, y_hat))
+    return torch.cat(y_hats, dim=1)
+
+
+def _select(t: Tensor, positions: Tensor | None) -> Tensor:
+    """Flatten (1, C, h, w) to the step's values in (channel, row, column) order."""
+    if positions is None:
+        return t.reshape(-1)
+    return t[0][positions[0].expand_as(t[0])]
+
+
+def _place(values: Tensor, like: Tensor, positions: Tensor | None) -> Tensor:
+    """Inverse of _select: a (1, C, h, w) tensor holding `values` at the positions, 0 elsewhere."""
+    if positions is None:
+        return values.reshape(like.shape)
+    out = torch.zeros_like(like)
+    out[0][positions[0].expand_as(like[0])] = values
+    return out
+
+
+def _z_symbols_layout(z_shape: torch.Size) -> np.ndarray:
+    """Table index (= channel) of every z symbol in (channel, row, column) order."""
+    _, ch, h, w = z_shape
+    return np.repeat(np.arange(ch, dtype=np.int64), h * w)
+
+
+def encode_tile(c: _Coding, x: Tensor, quality: float, checkerboard: bool) -> tuple[bytes, int]:
+    """x: (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 -> (stream, symbols CRC-32)."""
+    net, dev = c.net, c.device
+    g_y, _, g_z, g_z_inv = _gains(net, quality, dev)
+    enc = SymbolEncoder()
+    with torch.inference_mode():
+        y = net.g_a(x.to(dev)) * g_y.float()
+        z = (net.h_a(y) * g_z.float()).to(ENTROPY_DTYPE)
+        if not (torch.isfinite(y).all() and torch.isfinite(z).all()):
+            raise ModelError("the network produced non-finite latents (broken weights?)")
+        medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
+        z_sym = torch.round(z - medians)
+        enc.encode(z_sym.cpu().numpy().reshape(-1), _z_symbols_layout(z.shape), c.z_tables)
+        latent_means, latent_scales = net.hyper_parameters(z_sym + medians, g_z_inv)
+        y64 = y.to(ENTROPY_DTYPE)
+        offsets = np.cumsum([0, *net.context.sizes])
+
+        def code_step(i: int, mu: Tensor, scale: Tensor, positions: Tensor | None) -> Tensor:
+            q = torch.round(y64[:, offsets[i] : offsets[i + 1]] - mu)
+            enc.encode(
+                _select(q, positions).cpu().numpy(),
+                c.scale_table.index(_select(scale, positions)),
+                c.y_tables,
+            )
+            return q if positions is None else q * positions
+
+        _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
+    return enc.finish(), enc.crc32
+
+
+def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], quality: float, checkerboard: bool) -> Tensor:
+    """Decode one tile's stream to x_hat (1, 3, H, W) float32 in [0, 1] (H, W multiples of 64)."""
+    net, dev = c.net, c.device
+    _, g_y_inv, _, g_z_inv = _gains(net, quality, dev)
+    dec = SymbolDecoder(stream)
+    h, w = shape[0] // 64, shape[1] // 64
+    z_shape = torch.Size((1, net.cfg.hyper_channels, h, w))
+    with torch.inference_mode():
+        medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
+        z_sym = dec.decode(_z_symbols_layout(z_shape), c.z_tables)
+        z_hat = torch.from_numpy(z_sym).to(dev, ENTROPY_DTYPE).reshape(z_shape) + medians
+        latent_means, latent_scales = net.hyper_parameters(z_hat, g_z_inv)
+
+        def code_step(i: int, mu: Tensor, scale: Tensor, positions: Tensor | None) -> Tensor:
+            values = dec.decode(c.scale_table.index(_select(scale, positions)), c.y_tables)
+            return _place(torch.from_numpy(values).to(dev, ENTROPY_DTYPE), mu, positions)
+
+        y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
+        if dec.crc32 != crc32:
+            raise FormatError("decoded symbols fail their CRC-32: corrupt file, or a different model or coder")
+        return net.g_s(y_hat.float() * g_y_inv.float()).clamp_(0, 1)
+
+
+def _pad(x: Tensor, align: int) -> Tensor:
+    """Replicate-pad (1, 3, H, W) at the bottom and right to multiples of `align`."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % align, (-w) % align
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def _to_tensor(rgb: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def _to_rgb8(x: Tensor, height: int, width: int) -> np.ndarray:
+    x = x[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255)
+    return x.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def encode_image(
+    image: SourceImage,
+    model: LoadedModel,
+    *,
+    quality: float | None = None,
+    context: str | None = None,
+    device: str = "auto",
+) -> bytes:
+    """Compress an image into `.cca` bytes."""
+    q = _check_quality(model, model.default_quality if quality is None else quality)
+    mode = _check_context(model.net, context or default_context(model))
+    c = _prepare(model, resolve_device(device))
+    align = CCAModel.alignment
+    stream, crc = encode_tile(c, _pad(_to_tensor(image.rgb), align), q, mode == "checkerboard")
+    header = Header(
+        width=image.width,
+        height=image.height,
+        color_mode=image.color_mode,
+        bit_depth=image.bit_depth,
+        color_space="icc" if image.icc_profile else "srgb",
+        context_mode=mode,
+        quality=q,
+        lam=model.lam(q),
+        tile_width=image.width,
+        tile_height=image.height,
+        tile_overlap=0,
+        latent_align=align,
+        coder_version=CODER_VERSION,
+        model_id=model.model_id,
+        weights_sha256=model.weights_sha256,
+    )
+    return write_container(
+        Container(
+            header=header,
+            tiles=(TilePayload(0, crc, stream),),
+            icc_profile=image.icc_profile,
+            exif=image.exif,
+            alpha=None if image.alpha is None else np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(),
+        )
+    )
+
+
+def check_model_matches(header: Header, model: LoadedModel) -> None:
+    """Refuse to decode with weights other than the ones the file was encoded with."""
+    if header.weights_sha256 != model.weights_sha256:
+        raise ModelError(
+            f"file was encoded with model {header.model_id!r} weights "
+            f"{header.weights_sha256.hex()[:12]}, but the loaded {model.model_id!r} weights are "
+            f"{model.weights_sha256.hex()[:12]}"
+        )
+
+
+def decode_image(
+    data: bytes,
+    model: LoadedModel | None = None,
+    *,
+    device: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded."""
+    container = read_container(data, max_pixels=max_pixels)
+    h = container.header
+    if model is None:
+        model = load_model(h.model_id)
+    check_model_matches(h, model)
+    if h.tile_width != h.width or h.tile_height != h.height or len(container.tiles) != 1:
+        raise FormatError("tiled files are not supported by this version")
+    if h.latent_align != CCAModel.alignment:
+        raise FormatError(f"unsupported latent alignment {h.latent_align}")
+    q = float(h.quality)
+    if not (1.0 <= q <= len(model.qualities)):
+        raise FormatError(f"quality {q} is outside the model's range 1..{len(model.qualities)}")
+    _check_context(model.net, h.context_mode)
+    c = _prepare(model, resolve_device(device))
+    align = CCAModel.alignment
+    padded = (h.height + (-h.height) % align, h.width + (-h.width) % align)
+    tile = container.tiles[0]
+    x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, padded, q, h.context_mode == "checkerboard")
+    rgb = _to_rgb8(x_hat, h.height, h.width)
+    alpha = None
+    if container.alpha is not None:
+        alpha = np.frombuffer(container.alpha, dtype=np.uint8).reshape(h.height, h.width).copy()
+    return DecodedImage(rgb=rgb, color_mode=h.color_mode, alpha=alpha, icc_profile=container.icc_profile, exif=container.exif)

@@ -1,0 +1,1 @@
+"""The CCA network: building blocks, transforms, channel/spatial context model, auxiliary model and loss."""

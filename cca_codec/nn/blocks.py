@@ -1,0 +1,101 @@
+"""Building blocks of the CCA network (Han et al. 2024), after NAFNet (Chen et al. 2022).
+
+All blocks take and return NCHW tensors; channel counts are given per block, spatial size is
+kept unless a stride says otherwise.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def conv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
+    """Conv2d with 'same' padding (k//2): output size = ceil(input / stride)."""
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    """ConvTranspose2d that multiplies the spatial size by exactly `stride`."""
+    return nn.ConvTranspose2d(
+        in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, output_padding=stride - 1
+    )
+
+
+class ResidualBottleneckBlock(nn.Module):
+    """1x1 C->C/2, ReLU, 3x3 C/2->C/2, ReLU, 1x1 C/2->C, plus identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        mid = channels // 2
+        self.conv1 = conv(channels, mid, 1, 1)
+        self.conv2 = conv(mid, mid, 3, 1)
+        self.conv3 = conv(mid, channels, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.conv1(x))
+        out = torch.relu(self.conv2(out))
+        return x + self.conv3(out)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of each pixel (biased variance, eps 1e-6, affine)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        x = (x - mu) / (var + self.eps).sqrt()
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class SimpleGate(nn.Module):
+    """Split the channels in two halves and multiply them: 2C -> C."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+
+class NAFBlock(nn.Module):
+    """NAFNet block without dropout: gated depthwise mixing with simplified channel attention,
+    then a gated feed-forward part, each on a LayerNorm'd input with a learned per-channel
+    residual scale (`beta`, `gamma`, initialised to zero so a new block starts as identity).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c, c2 = channels, 2 * channels
+        self.norm1 = LayerNorm2d(c)
+        self.dwconv = nn.Sequential(nn.Conv2d(c, c2, 1), nn.Conv2d(c2, c2, 3, padding=1, groups=c2))
+        self.sg = SimpleGate()
+        self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
+        self.conv1 = nn.Conv2d(c, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.ffn = nn.Sequential(nn.Conv2d(c, c2, 1), SimpleGate(), nn.Conv2d(c, c, 1))
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.sg(self.dwconv(self.norm1(x)))
+        h = self.conv1(h * self.sca(h))
+        y = x + h * self.beta
+        return y + self.ffn(self.norm2(y)) * self.gamma
+
+
+class NAFStack(nn.Module):
+    """1x1 Cin->E, `depth` NAF-blocks of width E plus a skip around them, 1x1 E->Cout."""
+
+    def __init__(self, in_ch: int, width: int, depth: int, out_ch: int) -> None:
+        super().__init__()
+        self.in_conv = conv(in_ch, width, 1, 1)
+        self.blocks = nn.Sequential(*[NAFBlock(width) for _ in range(depth)])
+        self.out_conv = conv(width, out_ch, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.in_conv(x)
+        return self.out_conv(self.blocks(h) + h)

@@ -1,0 +1,191 @@
+"""The channel-wise (and optionally checkerboard) context model that computes the entropy
+parameters of y slice by slice.
+
+One module serves training, encoding and decoding: `stack_features`, `parameters` and `refine`
+are the only places where means, scales and LRP corrections are computed. The codec calls them
+step by step (in float64); `forward_train` chains them with STE rounding for training.
+
+Shapes: y and its slices are (B, C, h, w) at 1/16 of the image size; `latent_means` and
+`latent_scales` come from the hyper-synthesis nets with M channels at the same size.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from compressai.ops import quantize_ste
+from torch import Tensor, nn
+
+from .blocks import NAFStack, conv
+from .config import ModelConfig
+
+SPATIAL_KERNEL = 5
+
+Likelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def anchor_mask(height: int, width: int, device: torch.device | None = None) -> Tensor:
+    """Checkerboard anchors: bool (1, 1, height, width), True where (row + col) is even."""
+    rows = torch.arange(height, device=device)[:, None]
+    cols = torch.arange(width, device=device)[None, :]
+    return ((rows + cols) % 2 == 0)[None, None]
+
+
+def parameter_head(in_ch: int, widths: tuple[int, int], out_ch: int) -> nn.Sequential:
+    """conv3 in->w0, GELU, conv3 w0->w1, GELU, conv3 w1->out (module indices 0, 2, 4)."""
+    w0, w1 = widths
+    return nn.Sequential(
+        conv(in_ch, w0, 3, 1), nn.GELU(), conv(w0, w1, 3, 1), nn.GELU(), conv(w1, out_ch, 3, 1)
+    )
+
+
+class CheckerboardContext(nn.Module):
+    """5x5 conv over the *anchor* positions of one slice (ELIC-style spatial context).
+
+    Input: the slice's reconstructed values (B, C, h, w); non-anchor positions are zeroed and the
+    kernel taps that could land on a non-anchor are masked, so the output at a non-anchor depends
+    on anchors only (never on itself or on another non-anchor). Output: (B, 2*W0, h, w), the
+    contributions added to the first hidden layer of the mean head and of the scale head.
+    Meaningful at non-anchor positions only.
+    """
+
+    def __init__(self, channels: int, head_width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * head_width, SPATIAL_KERNEL, padding=SPATIAL_KERNEL // 2)
+        k = torch.arange(SPATIAL_KERNEL)
+        taps = ((k[:, None] + k[None, :]) % 2 == 1).to(torch.float32)  # odd offsets from the centre
+        self.register_buffer("kernel_mask", taps[None, None], persistent=False)
+
+    def forward(self, y_hat_slice: Tensor) -> Tensor:
+        anchors = anchor_mask(*y_hat_slice.shape[-2:], device=y_hat_slice.device)
+        x = y_hat_slice * anchors.to(y_hat_slice.dtype)
+        weight = self.conv.weight * self.kernel_mask.to(self.conv.weight.dtype)
+        return F.conv2d(x, weight, self.conv.bias, padding=SPATIAL_KERNEL // 2)
+
+
+class ChannelContextModel(nn.Module):
+    """Per-slice mean path, scale path and latent residual prediction (LRP).
+
+    Slice i sees the hyperprior output and the reconstructed slices `context_slices(i)`:
+    all earlier slices for the main model; with `skip_previous` (the CCA auxiliary model) the
+    slice just before i is left out. `lrp_slices` slices get an LRP net (default: all).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        skip_previous: bool = False,
+        lrp_slices: int | None = None,
+        spatial_context: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.sizes = cfg.slice_sizes
+        self.skip_previous = skip_previous
+        n, m = len(self.sizes), cfg.latent_channels
+        self.lrp_slices = n if lrp_slices is None else lrp_slices
+        cin = [m + sum(self.sizes[j] for j in self.context_slices(i)) for i in range(n)]
+
+        def stacks() -> nn.ModuleList:
+            return nn.ModuleList(NAFStack(c, cfg.stack_width, cfg.stack_depth, c) for c in cin)
+
+        def heads() -> nn.ModuleList:
+            return nn.ModuleList(parameter_head(c, cfg.head_widths, s) for c, s in zip(cin, self.sizes))
+
+        self.mean_stacks, self.scale_stacks = stacks(), stacks()
+        self.mean_heads, self.scale_heads = heads(), heads()
+        self.lrp = nn.ModuleList(
+            parameter_head(cin[i] + self.sizes[i], cfg.head_widths, self.sizes[i])
+            for i in range(self.lrp_slices)
+        )
+        use_spatial = cfg.spatial_context if spatial_context is None else spatial_context
+        self.spatial = (
+            nn.ModuleList(CheckerboardContext(s, cfg.head_widths[0]) for s in self.sizes)
+            if use_spatial
+            else None
+        )
+
+    def context_slices(self, i: int) -> range:
+        """Indices of the reconstructed slices that slice i is conditioned on."""
+        return range(max(i - 1, 0)) if self.skip_previous else range(i)
+
+    def stack_features(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, y_hats: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """NAF-stack features of slice i's mean and scale paths, each (B, Cin_i, h, w)."""
+        ctx = [y_hats[j] for j in self.context_slices(i)]
+        mean_feat = self.mean_stacks[i](torch.cat([latent_means, *ctx], dim=1))
+        scale_feat = self.scale_stacks[i](torch.cat([latent_scales, *ctx], dim=1))
+        return mean_feat, scale_feat
+
+    def parameters(
+        self, i: int, mean_feat: Tensor, scale_feat: Tensor, spatial: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and raw scale of slice i, each (B, C_i, h, w).
+
+        `spatial` is the CheckerboardContext output for the non-anchor step, None for anchors
+        and for grouped mode (spatial context zero).
+        """
+        mean_ctx = scale_ctx = None
+        if spatial is not None:
+            mean_ctx, scale_ctx = spatial.chunk(2, dim=1)
+        return (
+            _head(self.mean_heads[i], mean_feat, mean_ctx),
+            _head(self.scale_heads[i], scale_feat, scale_ctx),
+        )
+
+    def spatial_context(self, i: int, y_hat_anchors: Tensor) -> Tensor:
+        """Checkerboard context of slice i from its reconstructed anchors."""
+        if self.spatial is None:
+            raise RuntimeError("this network has no checkerboard spatial context")
+        return self.spatial[i](y_hat_anchors)
+
+    def refine(self, i: int, mean_feat: Tensor, y_hat_slice: Tensor) -> Tensor:
+        """LRP: y_hat_i + 0.5 * tanh(lrp(concat[mean features, y_hat_i])) (identity past lrp_slices)."""
+        if i >= self.lrp_slices:
+            return y_hat_slice
+        return y_hat_slice + 0.5 * torch.tanh(self.lrp[i](torch.cat([mean_feat, y_hat_slice], dim=1)))
+
+    def forward_train(
+        self,
+        y: Tensor,
+        latent_means: Tensor,
+        latent_scales: Tensor,
+        likelihood: Likelihood,
+        checkerboard: bool = False,
+    ) -> tuple[Tensor | None, Tensor]:
+        """Training pass: returns (y_hat (B, M, h, w), likelihoods of y (B, M, h, w)).
+
+        `likelihood(y_slice, scale, mean)` gives the (noisy) rate-term likelihoods; context and
+        decoder input use y_hat = STE-round(y - mu) + mu, LRP-refined. Slices no later slice
+        needs are not reconstructed; y_hat is None unless all of them are (the auxiliary model).
+        """
+        n = len(self.sizes)
+        needed = set().union(*(self.context_slices(j) for j in range(n)))
+        y_hats: list[Tensor] = []
+        likelihoods = []
+        for i, y_i in enumerate(y.split(self.sizes, dim=1)):
+            mean_feat, scale_feat = self.stack_features(i, latent_means, latent_scales, y_hats)
+            mu, scale = self.parameters(i, mean_feat, scale_feat)
+            if checkerboard:
+                anchors = anchor_mask(*y_i.shape[-2:], device=y_i.device)
+                spatial = self.spatial_context(i, quantize_ste(y_i - mu) + mu)
+                mu_n, scale_n = self.parameters(i, mean_feat, scale_feat, spatial)
+                mu = torch.where(anchors, mu, mu_n)
+                scale = torch.where(anchors, scale, scale_n)
+            likelihoods.append(likelihood(y_i, scale, mu))
+            if i in needed or not self.skip_previous:
+                y_hats.append(self.refine(i, mean_feat, quantize_ste(y_i - mu) + mu))
+        y_hat = torch.cat(y_hats, dim=1) if len(y_hats) == n else None
+        return y_hat, torch.cat(likelihoods, dim=1)
+
+
+def _head(head: nn.Sequential, features: Tensor, spatial: Tensor | None) -> Tensor:
+    """Run a parameter head, adding the spatial context to its first hidden layer's input."""
+    h = head[0](features)
+    if spatial is not None:
+        h = h + spatial
+    for layer in head[1:]:
+        h = layer(h)
+    return h
