@@ -99,8 +99,7 @@ def default_context(model: LoadedModel) -> str:
 
 def _gains(net: CCAModel, quality: float, device: torch.device) -> tuple[Tensor, ...]:
     """Gains at `quality`, computed on the CPU in float64 (identical on every machine)."""
-    gains = net.gains.to("cpu")(torch.tensor([quality], dtype=torch.float64))
-    net.gains.to(device)
+    gains = net.gains(torch.tensor([quality], dtype=torch.float64))
     return tuple(g.to(device) for g in gains)
 
 

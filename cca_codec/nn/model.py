@@ -45,7 +45,8 @@ class QualityGains(nn.Module):
         return self.log_y.shape[0]
 
     def forward(self, quality: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """quality: (B,) in [1, Q] -> gains (y, y_inv, z, z_inv), each (B, C, 1, 1) in quality's dtype."""
+        """quality: (B,) in [1, Q] -> gains (y, y_inv, z, z_inv), each (B, C, 1, 1), on quality's
+        device and in its dtype."""
         q = self.num_qualities
         pos = (quality - 1).clamp(0, q - 1)
         lo = pos.floor().long().clamp(max=max(q - 2, 0))
@@ -53,7 +54,7 @@ class QualityGains(nn.Module):
         t = (pos - lo.to(pos.dtype))[:, None]
 
         def gain(table: Tensor) -> Tensor:
-            table = table.to(quality.dtype)
+            table = table.to(quality.device, quality.dtype)
             return torch.exp((1 - t) * table[lo] + t * table[hi])[:, :, None, None]
 
         return gain(self.log_y), gain(self.log_y_inv), gain(self.log_z), gain(self.log_z_inv)
