@@ -1,0 +1,128 @@
+"""Training data: a compact pack of photo crops, and random batches cut from it.
+
+A pack is a folder with `train/` and `val/` JPEG crops (all CROP x CROP pixels, 4:4:4) and a
+`pack.json` describing how it was made. It is small enough to travel to the GPU machine with the
+repository (aim: 20-35 MiB). Photos are downscaled first (short side to 400-600 px when larger),
+which removes sensor noise and JPEG artifacts of the originals, then cut into crops in
+proportion to their area. Validation crops come from a held-out subset of the photos, chosen by
+a hash of the file name; Kodak is never part of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PACK_CROP = 288
+PACK_FORMAT = "ccacodec-pack-1"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def _is_validation(name: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    return h < fraction * 2**32
+
+
+def _crops_from_photo(img: Image.Image, rng: np.random.Generator, crop: int, max_crops: int) -> list[Image.Image]:
+    short = min(img.size)
+    if short > 600:
+        target = rng.uniform(400, 600)
+        scale = target / short
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+    if min(img.size) < crop:
+        return []
+    n = int(np.clip(round(img.width * img.height / (crop * crop * 2.5)), 1, max_crops))
+    out = []
+    for _ in range(n):
+        x = int(rng.integers(0, img.width - crop + 1))
+        y = int(rng.integers(0, img.height - crop + 1))
+        out.append(img.crop((x, y, x + crop, y + crop)))
+    return out
+
+
+def build_pack(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    crop: int = PACK_CROP,
+    jpeg_quality: int = 90,
+    max_crops: int = 6,
+    val_fraction: float = 0.03,
+    seed: int = 0,
+) -> dict:
+    """Turn a folder of photographs into a training pack. Returns the pack description."""
+    src, dst = Path(source), Path(out)
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images in {src}")
+    rng = np.random.default_rng(seed)
+    counts = {"train": 0, "val": 0}
+    total_bytes = 0
+    for split in counts:
+        (dst / split).mkdir(parents=True, exist_ok=True)
+    for path in files:
+        split = "val" if _is_validation(path.name, val_fraction) else "train"
+        with Image.open(path) as img:
+            crops = _crops_from_photo(img.convert("RGB"), rng, crop, max_crops)
+        for k, c in enumerate(crops):
+            buf = io.BytesIO()
+            c.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)
+            (dst / split / f"{path.stem}_{k}.jpg").write_bytes(buf.getvalue())
+            total_bytes += buf.tell()
+            counts[split] += 1
+    meta = {
+        "format": PACK_FORMAT,
+        "source": str(src),
+        "photos": len(files),
+        "crop": crop,
+        "jpeg_quality": jpeg_quality,
+        "crops": counts,
+        "bytes": total_bytes,
+        "seed": seed,
+    }
+    (dst / "pack.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_split(pack: str | os.PathLike, split: str) -> torch.Tensor:
+    """All crops of one split as a uint8 tensor (N, 3, CROP, CROP)."""
+    files = sorted((Path(pack) / split).glob("*.jpg"))
+    if not files:
+        raise FileNotFoundError(f"no {split} crops in {pack}")
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class CropSampler:
+    """Random crops with flips from a uint8 image stack kept on the training device.
+
+    All randomness comes from `generator` (a torch.Generator on the CPU), so a run resumes
+    bit-for-bit when its state is restored.
+    """
+
+    def __init__(self, images: torch.Tensor, size: int, generator: torch.Generator) -> None:
+        self.images, self.size, self.generator = images, size, generator
+
+    def sample(self, batch: int) -> torch.Tensor:
+        """(batch, 3, size, size) float32 in [0, 1] on the images' device."""
+        n, _, h, w = self.images.shape
+        g = self.generator
+        idx = torch.randint(0, n, (batch,), generator=g)
+        ys = torch.randint(0, h - self.size + 1, (batch,), generator=g)
+        xs = torch.randint(0, w - self.size + 1, (batch,), generator=g)
+        flips = torch.rand(batch, 2, generator=g) < 0.5
+        out = []
+        for i, y, x, (fh, fv) in zip(idx.tolist(), ys.tolist(), xs.tolist(), flips.tolist()):
+            c = self.images[i, :, y : y + self.size, x : x + self.size]
+            if fh:
+                c = c.flip(-1)
+            if fv:
+                c = c.flip(-2)
+            out.append(c)
+        return torch.stack(out).float().div_(255.0)

@@ -1,0 +1,276 @@
+"""Training: one network for every quality, trained with the CCA loss, resumable in chunks.
+
+    python -m cca_codec.train --data data_pack --out runs/r1 --config cca-compact --max-minutes 8
+    python -m cca_codec.train --data data_pack --out runs/r1 --resume runs/r1/state.pt ...
+    python -m cca_codec.train ... --init models/cca-compact   # start from shipped weights
+
+Each step draws a batch of random crops; every sample gets its own quality (lambda) drawn from
+the quality table; the context mode (grouped or checkerboard) is drawn per step. The state file
+holds the network, the auxiliary model, both optimisers and every random generator, so a run
+resumes bit-for-bit. SIGTERM/SIGINT end the run cleanly after the current step with a state
+file written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
+from .data import CropSampler, load_split
+from .nn.aux import AuxEntropyModel
+from .nn.config import get_config
+from .nn.loss import CCA_VARIANTS, CCALoss
+from .nn.model import CCAModel
+from .nn.quality import DEFAULT_QUALITIES
+
+STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    out: str
+    config: str = "cca-compact"
+    init: str | None = None
+    resume: str | None = None
+    steps: int = 100_000
+    max_minutes: float = 0.0
+    batch: int = 8
+    crop: int = 256
+    lr: float = 1e-4
+    lr_final: float = 1e-5
+    warmup: int = 200
+    aux_lr: float = 1e-3
+    clip: float = 1.0
+    variant: str = "official"
+    alpha: float = 1.0
+    checkerboard_prob: float = 0.5
+    device: str = "auto"
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 50
+    save_every: int = 500
+    export: str | None = None
+    export_id: str | None = None
+
+
+def learning_rate(step: int, o: TrainOptions) -> float:
+    """Linear warm-up, then a cosine decay from lr to lr_final over `steps`."""
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    t = min((step - o.warmup) / max(o.steps - o.warmup, 1), 1.0)
+    return o.lr_final + 0.5 * (o.lr - o.lr_final) * (1 + math.cos(math.pi * t))
+
+
+class Trainer:
+    """Holds everything a training run needs; `state_dict` covers all of it."""
+
+    def __init__(self, o: TrainOptions) -> None:
+        self.o = o
+        self.device = torch.device("cuda" if o.device == "auto" and torch.cuda.is_available() else ("cpu" if o.device == "auto" else o.device))
+        torch.manual_seed(o.seed)
+        self.qualities = DEFAULT_QUALITIES
+        if o.init:
+            loaded = load_model(o.init)
+            self.net, self.qualities = loaded.net.float().train(), loaded.qualities
+        else:
+            self.net = CCAModel(get_config(o.config), num_qualities=len(self.qualities))
+        self.aux = AuxEntropyModel(self.net.cfg)
+        self.net.to(self.device).train()
+        self.aux.to(self.device).train()
+        self.loss_fn = CCALoss(self.aux, alpha=o.alpha, variant=o.variant)
+        main, quantiles = [], []
+        for module in (self.net, self.aux):
+            for name, p in module.named_parameters():
+                (quantiles if name.endswith("quantiles") else main).append(p)
+        self.opt = torch.optim.Adam(main, lr=o.lr, foreach=True)
+        self.aux_opt = torch.optim.Adam(quantiles, lr=o.aux_lr, foreach=True)
+        self.gen = torch.Generator().manual_seed(o.seed)
+        self.sampler = CropSampler(load_split(o.data, "train").to(self.device), o.crop, self.gen)
+        self.step = 0
+        self.minutes = 0.0
+        table = self.qualities
+        self.q_values = torch.tensor([float(q.quality) for q in table])
+        self.q_dist = torch.tensor([q.distortion_weight for q in table])
+        self.q_beta = torch.tensor([q.beta for q in table])
+
+    def state_dict(self) -> dict:
+        return {
+            "options": vars(self.o),
+            "config": self.net.cfg.to_dict(),
+            "net": self.net.state_dict(),
+            "aux": self.aux.state_dict(),
+            "opt": self.opt.state_dict(),
+            "aux_opt": self.aux_opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "step": self.step,
+            "minutes": self.minutes,
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.net.load_state_dict(s["net"])
+        self.aux.load_state_dict(s["aux"])
+        self.opt.load_state_dict(s["opt"])
+        self.aux_opt.load_state_dict(s["aux_opt"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        if s["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        self.step, self.minutes = s["step"], s["minutes"]
+
+    def train_step(self) -> dict:
+        o = self.o
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(self.step, o)
+        x = self.sampler.sample(o.batch)
+        pick = torch.randint(0, len(self.q_values), (o.batch,), generator=self.gen)
+        checkerboard = bool(torch.rand(1, generator=self.gen) < o.checkerboard_prob) and self.net.context.spatial is not None
+        dev = self.device
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=o.bf16):
+            terms = self.loss_fn(
+                self.net, x, self.q_values[pick].to(dev), self.q_dist[pick].to(dev), self.q_beta[pick].to(dev), checkerboard
+            )
+        self.opt.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], o.clip)
+        self.opt.step()
+        aux_loss = self.net.aux_loss() + self.aux.factorized.loss()
+        self.aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        self.aux_opt.step()
+        self.step += 1
+        psnr = -10 * math.log10(max(terms.mse.item(), 1e-10))
+        return {
+            "step": self.step,
+            "loss": terms.loss.item(),
+            "bpp": terms.bpp.item(),
+            "mse_psnr": psnr,
+            "cca": terms.cca.item(),
+            "aux2": terms.aux2.item(),
+            "aux_bits_per_element": terms.aux_bits_per_element.item(),
+            "quantile_loss": aux_loss.item(),
+            "lr": self.opt.param_groups[0]["lr"],
+            "checkerboard": checkerboard,
+        }
+
+    def save(self) -> Path:
+        out = Path(self.o.out)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (STATE_FILE + ".part")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(out / STATE_FILE)
+        return out / STATE_FILE
+
+    def export(self, directory: str, model_id: str, info: dict) -> Path:
+        """Freeze the tables and write a model directory (float16 weights)."""
+        net = CCAModel(self.net.cfg, num_qualities=len(self.qualities))
+        net.load_state_dict({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, strict=False)
+        net.eval()
+        prepare_tables(net)
+        model = LoadedModel(model_id, net, self.qualities, b"", info=info)
+        return save_model_dir(model, directory, dtype=torch.float16, info=info, card=model_card(model_id, net, info))
+
+
+def model_card(model_id: str, net: CCAModel, info: dict) -> str:
+    cfg = net.cfg
+    return (
+        f"# {model_id}\n\n"
+        f"CCA-loss learned image codec network (Han et al., NeurIPS 2024 design), configuration `{cfg.name}`: "
+        f"{net.inference_parameter_count():,} inference parameters, M={cfg.latent_channels}, slices {cfg.slice_sizes}, "
+        f"checkerboard spatial context: {cfg.spatial_context}.\n\n"
+        f"Training: {info.get('steps', '?')} steps, {info.get('minutes', 0):.1f} minutes on {info.get('device', '?')}, "
+        f"CCA variant {info.get('variant', '?')}. See TRAINING.md for data, curves and rate-distortion.\n"
+    )
+
+
+def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
+    """Train until `steps`, `max_minutes` or `max_steps` (this call) is reached, or a signal."""
+    trainer = Trainer(o)
+    if o.resume:
+        trainer.load_state_dict(torch.load(o.resume, map_location=trainer.device, weights_only=False))
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+        stop["flag"] = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    out = Path(o.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, done_here = time.time(), 0
+    base_minutes = trainer.minutes
+    try:
+        with open(out / LOG_FILE, "a") as log:
+            while trainer.step < o.steps and not stop["flag"]:
+                if max_steps is not None and done_here >= max_steps:
+                    break
+                if o.max_minutes and (time.time() - start) / 60 >= o.max_minutes:
+                    break
+                rec = trainer.train_step()
+                done_here += 1
+                trainer.minutes = base_minutes + (time.time() - start) / 60
+                if trainer.step % o.log_every == 0 or trainer.step == 1:
+                    rec["minutes"] = round(trainer.minutes, 2)
+                    rec["steps_per_s"] = round(done_here / max(time.time() - start, 1e-9), 3)
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    print(
+                        f"step {rec['step']} loss {rec['loss']:.3f} bpp {rec['bpp']:.3f} psnr {rec['mse_psnr']:.2f} "
+                        f"cca {rec['cca']:.3f} auxbits {rec['aux_bits_per_element']:.2f} lr {rec['lr']:.2e} "
+                        f"{rec['steps_per_s']:.2f} it/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if trainer.step % o.save_every == 0:
+                    trainer.save()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    trainer.save()
+    if o.export:
+        info = {
+            "steps": trainer.step,
+            "minutes": round(trainer.minutes, 1),
+            "device": str(trainer.device) if trainer.device.type == "cpu" else torch.cuda.get_device_name(),
+            "variant": o.variant,
+            "batch": o.batch,
+            "crop": o.crop,
+            "data": o.data,
+        }
+        trainer.export(o.export, o.export_id or Path(o.export).name, info)
+    return trainer
+
+
+def parse_args(argv: list[str] | None = None) -> TrainOptions:
+    p = argparse.ArgumentParser(prog="python -m cca_codec.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainOptions(data="", out="")
+    for name, value in vars(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if name in ("data", "out"):
+            p.add_argument(flag, required=True)
+        elif isinstance(value, bool):
+            p.add_argument(flag, action="store_true")
+        elif name == "variant":
+            p.add_argument(flag, choices=CCA_VARIANTS, default=value)
+        else:
+            p.add_argument(flag, type=type(value) if value is not None else str, default=value)
+    return TrainOptions(**vars(p.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
