@@ -287,7 +287,8 @@ def decode_image(
     q = float(h.quality)
     if not (1.0 <= q <= len(model.qualities)):
         raise FormatError(f"quality {q} is outside the model's range 1..{len(model.qualities)}")
-    _check_context(model.net, h.context_mode)
+    if h.context_mode == "checkerboard" and model.net.context.spatial is None:
+        raise ModelError(f"file uses the checkerboard context, which model {model.model_id!r} does not have")
     c = _prepare(model, resolve_device(device))
     align = CCAModel.alignment
     padded = (h.height + (-h.height) % align, h.width + (-h.width) % align)

@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 
 PACK_CROP = 288
+PACK_JPEG_QUALITY = 88
+PACK_MAX_CROPS = 5
 PACK_FORMAT = "ccacodec-pack-1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -51,8 +53,8 @@ def build_pack(
     out: str | os.PathLike,
     *,
     crop: int = PACK_CROP,
-    jpeg_quality: int = 90,
-    max_crops: int = 6,
+    jpeg_quality: int = PACK_JPEG_QUALITY,
+    max_crops: int = PACK_MAX_CROPS,
     val_fraction: float = 0.03,
     seed: int = 0,
 ) -> dict:
@@ -126,3 +128,24 @@ class CropSampler:
                 c = c.flip(-2)
             out.append(c)
         return torch.stack(out).float().div_(255.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m cca_codec.data SOURCE_DIR PACK_DIR: build a training pack."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m cca_codec.data", description="Build a training pack from a folder of photographs.")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.add_argument("--crop", type=int, default=PACK_CROP)
+    p.add_argument("--jpeg-quality", type=int, default=PACK_JPEG_QUALITY)
+    p.add_argument("--max-crops", type=int, default=PACK_MAX_CROPS)
+    p.add_argument("--val-fraction", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    meta = build_pack(a.source, a.out, crop=a.crop, jpeg_quality=a.jpeg_quality, max_crops=a.max_crops, val_fraction=a.val_fraction, seed=a.seed)
+    print(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -62,13 +62,18 @@ class TrainOptions:
     save_every: int = 500
     export: str | None = None
     export_id: str | None = None
+    decay_by_time: bool = False
 
 
-def learning_rate(step: int, o: TrainOptions) -> float:
-    """Linear warm-up, then a cosine decay from lr to lr_final over `steps`."""
+def learning_rate(step: int, o: TrainOptions, minutes_this_run: float = 0.0) -> float:
+    """Linear warm-up, then a cosine decay from lr to lr_final over `steps`, or, with
+    `decay_by_time`, over this call's `max_minutes` when that ends first."""
     if step < o.warmup:
         return o.lr * (step + 1) / o.warmup
-    t = min((step - o.warmup) / max(o.steps - o.warmup, 1), 1.0)
+    t = (step - o.warmup) / max(o.steps - o.warmup, 1)
+    if o.decay_by_time and o.max_minutes:
+        t = max(t, minutes_this_run / o.max_minutes)
+    t = min(t, 1.0)
     return o.lr_final + 0.5 * (o.lr - o.lr_final) * (1 + math.cos(math.pi * t))
 
 
@@ -130,10 +135,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(s["cuda_rng"])
         self.step, self.minutes = s["step"], s["minutes"]
 
-    def train_step(self) -> dict:
+    def train_step(self, minutes_this_run: float = 0.0) -> dict:
         o = self.o
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.step, o)
+            group["lr"] = learning_rate(self.step, o, minutes_this_run)
         x = self.sampler.sample(o.batch)
         pick = torch.randint(0, len(self.q_values), (o.batch,), generator=self.gen)
         checkerboard = bool(torch.rand(1, generator=self.gen) < o.checkerboard_prob) and self.net.context.spatial is not None
@@ -217,7 +222,7 @@ def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
                     break
                 if o.max_minutes and (time.time() - start) / 60 >= o.max_minutes:
                     break
-                rec = trainer.train_step()
+                rec = trainer.train_step((time.time() - start) / 60)
                 done_here += 1
                 trainer.minutes = base_minutes + (time.time() - start) / 60
                 if trainer.step % o.log_every == 0 or trainer.step == 1:

@@ -1,0 +1,524 @@
+"""The ``ccacodec`` command line: ``encode``, ``decode``, ``info`` and ``models``.
+
+Standard output carries only data: ``.cca`` or image bytes (``-o -``), JSON (``--json``),
+or the report that ``info`` and ``models`` were asked for. Progress, statistics, notes and
+errors go to standard error. Every error is one line, ``ccacodec: error: <message>``
+(``ccacodec: internal error: <Type>: <message>`` for bugs; set ``CCACODEC_DEBUG=1`` to see
+the traceback too).
+
+Exit codes (the numbers are the ``exit_code`` of the classes in :mod:`cca_codec.errors`):
+
+====  ==========================================================
+ 0    success
+ 1    internal error (a bug: please report it)
+ 2    usage error (bad option or argument)
+ 3    unreadable or unsupported input image, or unwritable output
+ 4    corrupt, truncated or unsupported ``.cca`` file
+ 5    model missing, unreadable, or not the one a file was made with
+ 130  interrupted (Ctrl-C)
+====  ==========================================================
+
+With several inputs, a failing file does not stop the others; the exit code is that of
+the first file that failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import click
+from tqdm import tqdm
+
+from . import __version__
+from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container, read_header
+from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError
+from .fileio import STDOUT, write_output
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
+
+PROG = "ccacodec"
+STDIN = "-"
+EXIT_OK = 0
+EXIT_INTERNAL = CodecError.exit_code
+DEBUG_ENV = "CCACODEC_DEBUG"
+STDIN_LABEL = "standard input"
+STDOUT_LABEL = "standard output"
+
+Job = tuple[str, str]
+"""(input path or "-", output path or "-") of one file to process."""
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+def _say(line: str) -> None:
+    """Print a human line on stderr without breaking a progress bar."""
+    tqdm.write(line, file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined by "; ", so that every message is one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _report(exc: Exception, label: str | None = None) -> int:
+    """Print the one-line message for ``exc`` on stderr and return its exit code.
+
+    ``label`` (the input being processed) is prefixed unless the message already names it.
+    """
+    if isinstance(exc, CodecError):
+        message, kind, code = str(exc), "error", exc.exit_code
+    else:
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exception(exc, file=sys.stderr)
+        message, kind, code = f"{type(exc).__name__}: {exc}", "internal error", EXIT_INTERNAL
+    message = _one_line(message)
+    if label is not None and label not in message:
+        message = f"{label}: {message}"
+    _say(f"{PROG}: {kind}: {message}")
+    return code
+
+
+def _in_label(path: str) -> str:
+    """How an input is named in messages ("standard input" for "-")."""
+    return STDIN_LABEL if path == STDIN else path
+
+
+def _out_label(path: str) -> str:
+    """How an output is named in messages ("standard output" for "-")."""
+    return STDOUT_LABEL if path == STDOUT else path
+
+
+# --------------------------------------------------------------------------- the group
+
+
+class _CodecGroup(click.Group):
+    """A Click group that turns exceptions from its subcommands into exit codes.
+
+    ``CodecError`` -> one line and its ``exit_code``; ``KeyboardInterrupt`` -> 130; anything
+    else -> one line naming the exception type, exit 1. Click's own usage errors pass through
+    (exit 2, Click's message), and so does a closed stdout pipe (``ccacodec info x | head``),
+    which Click's ``main`` handles. Doing this in ``invoke`` (not in ``main``) makes
+    ``click.testing.CliRunner`` see the same behaviour as the console script.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError):
+            raise  # Click reports these itself (a closed stdout pipe: quiet exit 1, as Click does)
+        except KeyboardInterrupt:
+            _say(f"{PROG}: interrupted")
+            code = EXIT_INTERRUPTED
+        except Exception as exc:  # noqa: BLE001 - every error becomes one line and an exit code
+            code = _report(exc)
+        ctx.exit(code)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: ccacodec's version and those of the libraries that decide the bits."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"{PROG} {__version__}")
+    for package in ("torch", "constriction"):
+        try:
+            click.echo(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            click.echo(f"{package} (not installed)")
+    ctx.exit(EXIT_OK)
+
+
+@click.group(cls=_CodecGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Show the versions of ccacodec, torch and constriction, and exit.",
+)
+def cli() -> None:
+    """ccacodec: a learned image codec writing range-coded .cca files."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: run the command line and exit with its code.
+
+    OpenMP threads wait passively unless the user says otherwise: spinning threads make a
+    2-core machine that is busy with anything else many times slower.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)
+
+
+# ------------------------------------------------------------------------ shared helpers
+
+
+def _torch_modules() -> tuple[ModuleType, ModuleType]:
+    """Import and return ``(checkpoint, codec)``, the modules that need torch.
+
+    Imported only by the commands that use them, so ``--help`` and ``info`` stay fast.
+    Deprecation warnings that dependencies emit while being imported are not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from . import checkpoint, codec
+    return checkpoint, codec
+
+
+def _set_threads(threads: int | None) -> None:
+    """Apply ``--threads``: torch's intra-op (and, when still possible, inter-op) threads."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable once per process, before any parallel work
+        pass
+
+
+def _read_bytes(path: str) -> bytes:
+    """The content of ``path``, or all of standard input for "-" (InputError when unreadable)."""
+    if path == STDIN:
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, not a file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _plan_jobs(inputs: Sequence[str], output: str | None, out_dir: str | None, suffix: str) -> list[Job]:
+    """Pair every input with its output path, checking the option rules (click.UsageError).
+
+    One input: ``-o`` if given, else ``DIR/<name><suffix>`` with ``-d``, else the input with
+    ``suffix``. Several inputs: ``-o`` is not allowed; outputs go to ``-d DIR`` or next to
+    each input. Standard input needs ``-o`` and cannot be one of several inputs.
+    """
+    if output is not None and out_dir is not None:
+        raise click.UsageError("use either -o/--output or -d/--output-dir, not both")
+    if len(inputs) > 1:
+        if output is not None:
+            raise click.UsageError("-o/--output takes one input only; use -d/--output-dir DIR with several inputs")
+        if STDIN in inputs:
+            raise click.UsageError("standard input (-) can only be encoded or decoded on its own, with -o")
+    if output is not None:
+        jobs = [(inputs[0], output)]
+    elif STDIN in inputs:
+        raise click.UsageError("reading standard input (-) needs -o OUT (or -o - for standard output)")
+    else:
+        jobs = [(src, _default_output(src, out_dir, suffix)) for src in inputs]
+    targets = [os.path.abspath(dst) for _, dst in jobs if dst != STDOUT]
+    if len(set(targets)) != len(targets):
+        raise click.UsageError("several inputs would be written to the same output file")
+    for src, dst in jobs:
+        if src != STDIN and dst != STDOUT and os.path.abspath(src) == os.path.abspath(dst):
+            raise click.UsageError(f"output {dst} would overwrite its input")
+    return jobs
+
+
+def _default_output(src: str, out_dir: str | None, suffix: str) -> str:
+    """``src`` with ``suffix`` instead of its own, in ``out_dir`` when given."""
+    renamed = Path(src).with_suffix(suffix)
+    return str(Path(out_dir) / renamed.name if out_dir is not None else renamed)
+
+
+def _make_dir(out_dir: str | None) -> None:
+    """Create ``-d DIR`` (and its parents) if it does not exist yet."""
+    if out_dir is None:
+        return
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output directory {out_dir}: {exc.strerror or exc}") from None
+
+
+def _check_not_exists(path: str, no_overwrite: bool) -> None:
+    """With ``--no-overwrite``, refuse an existing output before doing any work for it."""
+    if no_overwrite and path != STDOUT and os.path.lexists(path):
+        raise InputError(f"{path} exists (--no-overwrite)")
+
+
+def _run_jobs(jobs: list[Job], work: Callable[[str, str], None], quiet: bool) -> int:
+    """Run ``work(src, dst)`` for every job; return the exit code of the first failure, or 0.
+
+    A failing file is reported and the next one is processed; a ``UsageError`` (an option
+    that cannot work for any file) and ``KeyboardInterrupt`` stop the run. With several
+    inputs, a progress bar (on a terminal) and a summary line go to stderr.
+    """
+    first_code, failed = EXIT_OK, 0
+    hide_bar = quiet or len(jobs) < 2 or not sys.stderr.isatty()
+    for src, dst in tqdm(jobs, disable=hide_bar, file=sys.stderr, unit="file", leave=False):
+        try:
+            work(src, dst)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported, then the next file is processed
+            code = _report(exc, _in_label(src))
+            failed += 1
+            first_code = first_code or code
+    if len(jobs) > 1 and (failed or not quiet):
+        _say(f"{len(jobs)} files, {failed} failed")
+    return first_code
+
+
+_output_option = click.option(
+    "-o", "--output", metavar="OUT|-", help="Output file, '-' for standard output (one input only)."
+)
+_output_dir_option = click.option(
+    "-d", "--output-dir", metavar="DIR", type=click.Path(file_okay=False),
+    help="Directory for the outputs (created if needed); default: next to each input.",
+)
+_model_option = click.option(
+    "--model", metavar="ID|DIR", help="Model id (looked up on the model search path) or model directory."
+)
+_device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where the network runs.",
+)
+_threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), metavar="N", help="CPU threads torch may use (default: torch's choice)."
+)
+_no_overwrite_option = click.option("--no-overwrite", is_flag=True, help="Fail instead of replacing an existing output.")
+_quiet_option = click.option("--quiet", is_flag=True, help="No statistics, notes or progress bar on stderr.")
+
+
+# ------------------------------------------------------------------------------ encode
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@_output_option
+@_output_dir_option
+@click.option("-q", "--quality", type=float, help="Quality, 1 .. number of the model's qualities (may be fractional); default: the model's.")
+@click.option("--context", type=click.Choice(CONTEXT_MODES), help="Context mode; default: checkerboard when the model has a spatial context.")
+@_model_option
+@_device_option
+@_threads_option
+@_no_overwrite_option
+@_quiet_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
+def encode(
+    inputs: tuple[str, ...],
+    output: str | None,
+    output_dir: str | None,
+    quality: float | None,
+    context: str | None,
+    model: str | None,
+    device: str,
+    threads: int | None,
+    no_overwrite: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Compress images to .cca files.
+
+    INPUT is any image Pillow reads (PNG, JPEG, WebP, TIFF, BMP, PPM ...), or '-' for
+    standard input.
+    """
+    if as_json and output == STDOUT:
+        raise click.UsageError("--json cannot be combined with -o - (standard output carries the .cca data)")
+    jobs = _plan_jobs(inputs, output, output_dir, ".cca")
+    _set_threads(threads)
+    checkpoint, codec = _torch_modules()
+    from .imageio import load_image
+
+    codec.resolve_device(device)
+    loaded = checkpoint.load_model(model)
+    q = float(loaded.default_quality if quality is None else quality)
+    mode = context or codec.default_context(loaded)
+    _make_dir(output_dir)
+
+    def work(src: str, dst: str) -> None:
+        _check_not_exists(dst, no_overwrite)
+        image = load_image(_read_bytes(src) if src == STDIN else src)
+        start = time.perf_counter()
+        data = codec.encode_image(image, loaded, quality=q, context=mode, device=device)
+        seconds = time.perf_counter() - start
+        write_output(dst, data, overwrite=not no_overwrite)
+        bpp = 8 * len(data) / (image.width * image.height)
+        if not quiet:
+            _say(f"{_in_label(src)} -> {_out_label(dst)}: {len(data)} bytes, {bpp:.3f} bpp, {seconds:.2f} s")
+            for note in image.notes:
+                _say(f"note: {note}")
+        if as_json:
+            record = {
+                "input": src, "output": dst, "bytes": len(data), "bpp": bpp,
+                "width": image.width, "height": image.height, "quality": q, "context": mode,
+                "seconds": seconds, "notes": list(image.notes),
+            }
+            click.echo(json.dumps(record))
+
+    click.get_current_context().exit(_run_jobs(jobs, work, quiet))
+
+
+# ------------------------------------------------------------------------------ decode
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@_output_option
+@_output_dir_option
+@_model_option
+@_device_option
+@_threads_option
+@_no_overwrite_option
+@_quiet_option
+@click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
+    help="Refuse files whose width*height exceeds N (decompression-bomb guard).",
+)
+def decode(
+    inputs: tuple[str, ...],
+    output: str | None,
+    output_dir: str | None,
+    model: str | None,
+    device: str,
+    threads: int | None,
+    no_overwrite: bool,
+    quiet: bool,
+    max_pixels: int,
+) -> None:
+    """Decompress .cca files to images.
+
+    INPUT may be '-' for standard input. The output format follows the extension of the
+    output (.png by default; .bmp .ppm .tif .tiff .webp). The model named in each file is
+    used unless --model is given, which must then be the model the file was made with.
+    """
+    jobs = _plan_jobs(inputs, output, output_dir, ".png")
+    _set_threads(threads)
+    checkpoint, codec = _torch_modules()
+    from .imageio import save_image
+
+    codec.resolve_device(device)
+    models: dict[str, LoadedModel] = {}
+    forced = checkpoint.load_model(model) if model is not None else None
+    _make_dir(output_dir)
+
+    def model_for(model_id: str) -> LoadedModel:
+        """--model, or the model a file names (loaded once per id)."""
+        if forced is not None:
+            return forced
+        if model_id not in models:
+            models[model_id] = checkpoint.load_model(model_id)
+        return models[model_id]
+
+    def work(src: str, dst: str) -> None:
+        _check_not_exists(dst, no_overwrite)
+        data = _read_bytes(src)
+        loaded = model_for(read_header(data, max_pixels=max_pixels).model_id)
+        start = time.perf_counter()
+        image = codec.decode_image(data, loaded, device=device, max_pixels=max_pixels)
+        seconds = time.perf_counter() - start
+        save_image(image, dst, overwrite=not no_overwrite)
+        if not quiet:
+            height, width = image.rgb.shape[:2]
+            _say(f"{_in_label(src)} -> {_out_label(dst)}: {width}x{height}, {seconds:.2f} s")
+
+    click.get_current_context().exit(_run_jobs(jobs, work, quiet))
+
+
+# -------------------------------------------------------------------------------- info
+
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as one JSON object.")
+def info(file: str, as_json: bool) -> None:
+    """Describe a .cca file without decoding it.
+
+    FILE may be '-' for standard input.
+    """
+    try:
+        data = _read_bytes(file)
+        summary = describe(read_container(data))
+    except CodecError as exc:
+        click.get_current_context().exit(_report(exc, _in_label(file)))
+    header = summary["header"]
+    bpp = 8 * len(data) / (header["width"] * header["height"])
+    if as_json:
+        click.echo(json.dumps({"file": file, **summary, "bpp": bpp}))
+        return
+    for line in _info_lines(_in_label(file), len(data), bpp, summary):
+        click.echo(line)
+
+
+def _info_lines(label: str, size: int, bpp: float, summary: dict) -> list[str]:
+    """Human-readable lines of ``info`` from ``describe()``'s dictionary."""
+    def optional_bytes(value: int | None) -> str:
+        return "none" if value is None else f"{value} bytes"
+
+    rows, cols = summary["tile_grid"]
+    lines = [f"file: {label}", f"  size: {size} bytes, {bpp:.4f} bpp", "header:"]
+    lines += [f"  {key}: {value}" for key, value in summary["header"].items()]
+    lines.append(f"tiles: {summary['tile_count']} ({rows}x{cols} grid), {summary['stream_bytes']} stream bytes")
+    lines += [f"  tile {index}: {length} bytes" for index, length in enumerate(summary["tile_stream_bytes"])]
+    lines += [
+        "ancillary:",
+        f"  icc_profile: {optional_bytes(summary['icc_profile_bytes'])}",
+        f"  exif: {optional_bytes(summary['exif_bytes'])}",
+        f"  alpha: {'yes' if summary['has_alpha'] else 'no'}",
+        f"  skipped unknown chunks: {', '.join(summary['skipped_chunks']) or 'none'}",
+        "chunks: " + ", ".join(f"{c['type']} {c['length']}" for c in summary["chunks"]),
+        f"overhead: {summary['overhead_bytes']} bytes ({100 * summary['overhead_bytes'] / size:.1f} % of the file)",
+    ]
+    return lines
+
+
+# ------------------------------------------------------------------------------ models
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the list as one JSON object.")
+def models(as_json: bool) -> None:
+    """List the installed models and where they were searched for."""
+    checkpoint, _ = _torch_modules()
+    search_path = [str(p) for p in checkpoint.model_search_path()]
+    entries = [_model_entry(model_id, directory) for model_id, directory in checkpoint.available_models().items()]
+    if as_json:
+        click.echo(json.dumps({"search_path": search_path, "default": checkpoint.DEFAULT_MODEL_ID, "models": entries}))
+        return
+    if not entries:
+        click.echo("no models installed; searched:")
+        click.echo("\n".join(f"  {p}" for p in search_path))
+        click.echo("install a model directory there, set CCACODEC_MODELS, or pass --model DIR")
+        return
+    for entry in entries:
+        default = " (default)" if entry["id"] == checkpoint.DEFAULT_MODEL_ID else ""
+        click.echo(f"{entry['id']}{default}: {entry['directory']}")
+        if "error" in entry:
+            click.echo(f"  unreadable model.json: {entry['error']}")
+            continue
+        click.echo(f"  configuration: {entry['config']}, weights {entry['weights_dtype']}, default quality {entry['default_quality']}")
+        click.echo("  qualities: " + ", ".join(f"{q['quality']} (lambda {q['lambda']:.4g})" for q in entry["qualities"]))
+    click.echo("searched: " + os.pathsep.join(search_path))
+
+
+def _model_entry(model_id: str, directory: Path) -> dict:
+    """What ``models`` shows of one model directory, read from its model.json only."""
+    entry: dict[str, Any] = {"id": model_id, "directory": str(directory)}
+    try:
+        meta = json.loads((directory / "model.json").read_text())
+        entry.update(
+            config=meta["config"]["name"],
+            weights_dtype=meta.get("weights_dtype", "?"),
+            default_quality=meta.get("default_quality"),
+            qualities=[{"quality": q["quality"], "lambda": q["lambda"]} for q in meta["qualities"]],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entry["error"] = _one_line(f"{type(exc).__name__}: {exc}")
+    return entry

@@ -1,0 +1,113 @@
+"""Shared fixtures: a tiny test model on the model search path, and small test images.
+
+There are no trained weights in the repository, so the session builds a randomly
+initialised ``cca-tiny`` network once, saves it as the model directory ``test-tiny``, and
+tests that need it put that directory's parent on ``CCACODEC_MODELS``.
+
+Test images are crops of ``/work/shared/data/kodak/kodim23.png`` when it exists, otherwise
+a deterministic synthetic image (smooth gradients plus texture and noise), so the tests
+also run where the shared data is absent.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TEST_MODEL_ID = "test-tiny"
+KODAK_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim23.png"
+_CROP_ORIGIN = (180, 300)  # (top, left) of the crops: a detailed part of kodim23
+_SYNTHETIC_SIZE = (256, 256)
+
+ImageFactory = Callable[..., Path]
+ImageWriter = Callable[..., Path]
+
+
+@lru_cache(maxsize=1)
+def _source_pixels() -> np.ndarray:
+    """(H, W, 3) uint8 pixels that test images are cropped from."""
+    if KODAK_IMAGE.is_file():
+        with Image.open(KODAK_IMAGE) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        top, left = _CROP_ORIGIN
+        return np.ascontiguousarray(rgb[top:, left:])
+    height, width = _SYNTHETIC_SIZE
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    noise = np.random.default_rng(0).normal(0.0, 6.0, size=(height, width, 3))
+    channels = np.stack(
+        [
+            255.0 * xx / (width - 1),
+            255.0 * yy / (height - 1),
+            127.5 + 80.0 * np.sin(xx / 9.0) * np.cos(yy / 13.0),
+        ],
+        axis=-1,
+    )
+    return np.clip(np.rint(channels + noise), 0, 255).astype(np.uint8)
+
+
+def _crop(height: int, width: int) -> np.ndarray:
+    """A (height, width, 3) uint8 test image (at most 256x256 when synthetic)."""
+    return _source_pixels()[:height, :width].copy()
+
+
+@pytest.fixture(scope="session")
+def test_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the model directory ``test-tiny`` (float32 weights), built once."""
+    import torch
+
+    from cca_codec.checkpoint import in_memory_model, save_model_dir
+
+    root = tmp_path_factory.mktemp("models")
+    model = in_memory_model("cca-tiny", model_id=TEST_MODEL_ID)
+    save_model_dir(model, root / TEST_MODEL_ID, dtype=torch.float32)
+    return root
+
+
+@pytest.fixture
+def models_env(test_models_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the test models on ``CCACODEC_MODELS`` (for this test and its subprocesses)."""
+    monkeypatch.setenv("CCACODEC_MODELS", str(test_models_root))
+    return test_models_root
+
+
+def write_image(directory: Path, height: int, width: int, mode: str = "RGB", name: str | None = None) -> Path:
+    """Write a new test PNG into ``directory`` and return its path.
+
+    ``mode`` is ``"RGB"``, ``"L"`` (grayscale) or ``"RGBA"`` (with a transparency pattern
+    that has fully transparent, partly transparent and opaque pixels).
+    """
+    rgb = _crop(height, width)
+    img = Image.fromarray(rgb)
+    if mode == "L":
+        img = img.convert("L")
+    elif mode == "RGBA":
+        yy, xx = np.mgrid[0:height, 0:width]
+        alpha = ((xx * 37 + yy * 11) % 256).astype(np.uint8)
+        alpha[: height // 2, : width // 2] = 0
+        img = Image.fromarray(np.dstack([rgb, alpha]))
+    elif mode != "RGB":
+        raise ValueError(f"unsupported test image mode {mode!r}")
+    path = directory / (name or f"img_{height}x{width}_{mode}.png")
+    img.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_writer() -> ImageWriter:
+    """:func:`write_image`, for fixtures that are not function-scoped."""
+    return write_image
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> ImageFactory:
+    """``make_image(height, width, mode="RGB", name=None) -> path`` of a new PNG in tmp_path
+    (see :func:`write_image`)."""
+
+    def make(height: int, width: int, mode: str = "RGB", name: str | None = None) -> Path:
+        return write_image(tmp_path, height, width, mode, name)
+
+    return make
