@@ -11,6 +11,7 @@ table as `SymbolEncoder` describes. Symbols are in (channel, row, column) order 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -196,7 +197,16 @@ def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], q
         y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
         if dec.crc32 != crc32:
             raise FormatError("decoded symbols fail their CRC-32: corrupt file, or a different model or coder")
-        return net.g_s(y_hat.float() * g_y_inv.float()).clamp_(0, 1)
+        with _thread_independent(dev):
+            return net.g_s(y_hat.float() * g_y_inv.float()).clamp_(0, 1)
+
+
+def _thread_independent(device: torch.device) -> contextlib.AbstractContextManager:
+    """On the CPU, run without oneDNN: its float32 convolutions sum in an order that depends
+    on the thread count, and decoded pixels must not (PyTorch's own kernels do not)."""
+    if device.type == "cpu":
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()
 
 
 def _pad(x: Tensor, align: int) -> Tensor:

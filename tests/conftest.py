@@ -49,9 +49,30 @@ def _source_pixels() -> np.ndarray:
     return np.clip(np.rint(channels + noise), 0, 255).astype(np.uint8)
 
 
-def _crop(height: int, width: int) -> np.ndarray:
-    """A (height, width, 3) uint8 test image (at most 256x256 when synthetic)."""
-    return _source_pixels()[:height, :width].copy()
+def sample_pixels(height: int, width: int) -> np.ndarray:
+    """A (height, width, 3) uint8 test image of any size (the source, mirrored as needed)."""
+    src = _source_pixels()
+    reps = (-(-height // src.shape[0]), -(-width // src.shape[1]))
+    rows = [np.concatenate([src if (i + j) % 2 == 0 else src[:, ::-1] for j in range(reps[1])], 1) for i in range(reps[0])]
+    return np.ascontiguousarray(np.concatenate(rows, 0)[:height, :width])
+
+
+def lively_model(model_id: str = "test-lively", seed: int = 5):
+    """A random cca-tiny model whose large, per-quality y gains spread the latents over many symbols, so
+    coding tests exercise real tables and escapes (a plain random model codes mostly zeros)."""
+    import hashlib
+
+    import torch
+
+    from cca_codec.checkpoint import in_memory_model, serialize_weights
+
+    model = in_memory_model("cca-tiny", model_id=model_id, seed=seed)
+    with torch.no_grad():  # gains e^2 .. e^4.8 by quality: more symbols at higher qualities
+        steps = torch.linspace(2.0, 4.8, model.net.gains.num_qualities)[:, None]
+        model.net.gains.log_y.copy_(steps.expand_as(model.net.gains.log_y))
+        model.net.gains.log_y_inv.copy_(-steps.expand_as(model.net.gains.log_y_inv))
+    model.weights_sha256 = hashlib.sha256(serialize_weights(model.net)).digest()
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +101,7 @@ def write_image(directory: Path, height: int, width: int, mode: str = "RGB", nam
     ``mode`` is ``"RGB"``, ``"L"`` (grayscale) or ``"RGBA"`` (with a transparency pattern
     that has fully transparent, partly transparent and opaque pixels).
     """
-    rgb = _crop(height, width)
+    rgb = sample_pixels(height, width)
     img = Image.fromarray(rgb)
     if mode == "L":
         img = img.convert("L")

@@ -1,35 +1,21 @@
 """The codec through the Python API: round trips, determinism, desync detection, model checks."""
-import hashlib
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cca_codec.checkpoint import in_memory_model, load_model, save_model_dir, serialize_weights
+from cca_codec.checkpoint import in_memory_model, load_model, save_model_dir
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.container import read_container
 from cca_codec.errors import FormatError, ModelError, UsageError
 from cca_codec.imageio import SourceImage
 
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak" / "kodim23.png"
+from conftest import lively_model, sample_pixels
+
 MODES = ["grouped", "checkerboard"]
-
-
-def photo(height: int, width: int) -> np.ndarray:
-    """A (height, width, 3) uint8 crop of a real photograph (kodim23), or a textured synthetic image."""
-    if KODAK.exists():
-        from PIL import Image
-
-        img = np.asarray(Image.open(KODAK).convert("RGB"))
-        reps = (-(-height // img.shape[0]), -(-width // img.shape[1]), 1)
-        return np.ascontiguousarray(np.tile(img, reps)[:height, :width])
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 2.0, yy * 3.0, (xx + yy) * 1.5], -1) % 256
-    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+photo = sample_pixels
 
 
 def source(rgb: np.ndarray, **kw) -> SourceImage:
@@ -40,13 +26,7 @@ def source(rgb: np.ndarray, **kw) -> SourceImage:
 
 @pytest.fixture(scope="module")
 def model():
-    """A tiny random model whose gains spread y over many symbols, so coding is not trivial."""
-    m = in_memory_model("cca-tiny", model_id="test-tiny", seed=5)
-    with torch.no_grad():
-        m.net.gains.log_y.fill_(3.0)
-        m.net.gains.log_y_inv.fill_(-3.0)
-    m.weights_sha256 = hashlib.sha256(serialize_weights(m.net)).digest()
-    return m
+    return lively_model("test-tiny")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

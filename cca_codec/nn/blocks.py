@@ -6,6 +6,7 @@ kept unless a stride says otherwise.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -82,9 +83,22 @@ class NAFBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.sg(self.dwconv(self.norm1(x)))
-        h = self.conv1(h * self.sca(h))
+        h = self.conv1(h * self._attention(h))
         y = x + h * self.beta
         return y + self.ffn(self.norm2(y)) * self.gamma
+
+    def _attention(self, h: Tensor) -> Tensor:
+        """Simplified channel attention (global average pool, 1x1 conv): (B, C, 1, 1).
+
+        Computed in float64 (outside autocast) and rounded back: the pooled matrix-vector
+        product otherwise sums in an order that depends on the CPU thread count, and the
+        decoder's pixels must not.
+        """
+        conv = self.sca[1]
+        with torch.autocast(h.device.type, enabled=False):
+            pooled = h.double().mean((2, 3), keepdim=True)
+            weights = F.conv2d(pooled, conv.weight.double(), conv.bias.double())
+        return weights.to(h.dtype)
 
 
 class NAFStack(nn.Module):
