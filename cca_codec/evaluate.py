@@ -1,0 +1,402 @@
+"""Rate-distortion evaluation: real `.cca` files, measured as the anchors are.
+
+    python -m cca_codec.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
+        --context grouped,checkerboard --device cpu --limit N --out OUTDIR \\
+        --anchor FILE [--anchor FILE ...] [--plot rd.png]
+
+Every image of DIR (sorted by name; the first N with --limit) is encoded at every quality
+and context mode into a `.cca` file, which is read back and decoded. Per image:
+
+* bpp = 8 * file bytes / (W * H): the whole file, header and chunk framing included;
+* payload bpp = 8 * (file bytes - container overhead) / (W * H): the tile streams only;
+* PSNR-RGB in dB on the 8-bit decoded output (MAX = 255);
+* MS-SSIM on RGB (pytorch_msssim, data range 255); undefined (None) for images under
+  161 pixels on a side;
+* encoding and decoding wall time in seconds (`encode_image` and `decode_image` only).
+
+Averages over images per quality follow the anchors (/work/shared/anchors/README.md):
+bpp averaged over images, PSNR per image then averaged. One JSON file per context mode
+is written in CompressAI's results schema, and a markdown table of the averages and one
+of BD-rates against the anchors are printed to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .bdrate import bd_psnr, bd_rate, load_curve
+from .checkpoint import LoadedModel, load_model
+from .codec import decode_image, default_context, encode_image
+from .container import container_overhead, read_container
+from .errors import CodecError, UsageError
+from .fileio import atomic_write
+from .imageio import DecodedImage, SourceImage, load_image
+from .metrics import bits_per_pixel, psnr
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+"""File name suffixes (lower case) taken as images in an evaluation folder."""
+
+MS_SSIM_MIN_SIDE = 161
+"""Smallest image side (pixels) for which MS-SSIM (5 scales, 11-tap window) is defined."""
+
+RESULT_KEYS = ("quality", "bpp", "bpp-payload", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
+"""Keys of a result's ``results`` object, each a list with one value per quality."""
+
+_WARMUP_SIDE = 64
+
+
+def _output_rgb(decoded: DecodedImage) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of the image as written out (gray: channel 0 replicated)."""
+    if decoded.color_mode == "gray":
+        return np.repeat(decoded.rgb[..., :1], 3, axis=2)
+    return decoded.rgb
+
+
+def _ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float | None:
+    """MS-SSIM of two (H, W, 3) uint8 images on [0, 255] data; None below 161 pixels a side."""
+    if min(reference.shape[:2]) < MS_SSIM_MIN_SIDE:
+        return None
+    from pytorch_msssim import ms_ssim  # the optional "eval" extra, needed only from here on
+
+    def as_tensor(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(torch.float32)
+
+    return float(ms_ssim(as_tensor(reference), as_tensor(decoded), data_range=255.0))
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are not None; None when there are none."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _check_qualities(model: LoadedModel, qualities: Sequence[float]) -> list[float]:
+    """Qualities as floats, each within the model's range 1..N (UsageError otherwise)."""
+    if not qualities:
+        raise UsageError("no qualities to evaluate")
+    top = len(model.qualities)
+    for q in qualities:
+        if not 1.0 <= float(q) <= top:
+            raise UsageError(f"quality must be between 1 and {top}, got {q}")
+    return [float(q) for q in qualities]
+
+
+def _warm_up(image: SourceImage, model: LoadedModel, quality: float, context: str, device: str) -> None:
+    """Encode and decode a small crop once, untimed, so that one-off setup (moving the
+    network to the device, building the coding tables) is not counted in the first timing.
+    Also rejects a context mode the model lacks before any real work is done."""
+    crop = np.ascontiguousarray(image.rgb[:_WARMUP_SIDE, :_WARMUP_SIDE])
+    small = SourceImage(rgb=crop, color_mode="rgb", bit_depth=8)
+    decode_image(encode_image(small, model, quality=quality, context=context, device=device), model, device=device)
+
+
+def _empty_record(image: SourceImage) -> dict:
+    """Per-image record: size, and one list per measure (filled in quality order)."""
+    record: dict = {"width": image.width, "height": image.height, "file_bytes": []}
+    record.update({key: [] for key in RESULT_KEYS[1:]})
+    return record
+
+
+def evaluate(
+    images: list[Path],
+    model: LoadedModel,
+    qualities: list[float],
+    contexts: list[str],
+    device: str = "cpu",
+    progress: bool = True,
+    workdir: Path | None = None,
+) -> dict[str, dict]:
+    """Encode and decode every image at every quality and context mode; measure rate and quality.
+
+    Each encoding is written to a `.cca` file (in ``workdir``, where the files are kept,
+    else in a temporary directory that is removed afterwards); its size on disk is the
+    rate, and the decoder reads the file back. See the module docstring for the measures
+    and their units.
+
+    Returns:
+        ``{context: result}``, each result in CompressAI's schema::
+
+            {"name": "ccacodec-<model_id>-<context>", "description": str,
+             "results": {"quality", "bpp", "bpp-payload", "psnr-rgb" (dB), "ms-ssim-rgb",
+                         "encoding_time" (s), "decoding_time" (s)},
+             "per_image": {file name: {"width", "height", "file_bytes", "bpp", ...}}}
+
+        where every list has one value per quality, in the order given. In ``results``
+        the values are means over images (MS-SSIM over the images where it is defined,
+        None if it is defined for none); ``per_image`` holds the same measures per image
+        (MS-SSIM None where undefined) plus the file sizes in bytes.
+
+    Raises:
+        UsageError: no images, duplicate image file names, a quality outside the model's
+            range, or an unknown context mode or one the model lacks.
+        InputError: an image that cannot be read.
+    """
+    if not images:
+        raise UsageError("no images to evaluate")
+    names = [Path(p).name for p in images]
+    if len(set(names)) != len(names):
+        raise UsageError("image file names must be unique (they key the per-image results)")
+    if not contexts or len(set(contexts)) != len(contexts):
+        raise UsageError(f"context modes must be given once each, got {contexts}")
+    qs = _check_qualities(model, qualities)
+    per_image: dict[str, dict[str, dict]] = {ctx: {} for ctx in contexts}
+    with tempfile.TemporaryDirectory(prefix="cca-eval-") as tmp:
+        folder = Path(workdir) if workdir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=len(images) * len(qs) * len(contexts), desc="evaluate", unit="code", file=sys.stderr, disable=not progress)
+        with bar:
+            for index, (path, name) in enumerate(zip(images, names)):
+                image = load_image(path)
+                if index == 0:
+                    for ctx in contexts:
+                        _warm_up(image, model, qs[0], ctx, device)
+                for ctx in contexts:
+                    record = per_image[ctx][name] = _empty_record(image)
+                    for q in qs:
+                        bar.set_postfix_str(f"{name} {ctx} q{q:g}")
+                        cca_path = folder / f"{index:04d}-{Path(name).stem}-{ctx}-q{q:g}.cca"
+                        _measure(image, model, q, ctx, device, cca_path, record)
+                        bar.update()
+    return {ctx: _result(model, ctx, qs, per_image[ctx], device) for ctx in contexts}
+
+
+def _measure(image: SourceImage, model: LoadedModel, quality: float, context: str, device: str, cca_path: Path, record: dict) -> None:
+    """One encode/write/read/decode round; append its measures to the per-image ``record``."""
+    start = time.perf_counter()
+    data = encode_image(image, model, quality=quality, context=context, device=device)
+    encoding_time = time.perf_counter() - start
+    cca_path.write_bytes(data)
+    file_bytes = cca_path.stat().st_size
+    stored = cca_path.read_bytes()
+    start = time.perf_counter()
+    decoded = decode_image(stored, model, device=device)
+    decoding_time = time.perf_counter() - start
+    overhead = container_overhead(read_container(stored))
+    output = _output_rgb(decoded)
+    record["file_bytes"].append(file_bytes)
+    record["bpp"].append(bits_per_pixel(file_bytes, image.width, image.height))
+    record["bpp-payload"].append(bits_per_pixel(file_bytes - overhead, image.width, image.height))
+    record["psnr-rgb"].append(psnr(image.rgb, output))
+    record["ms-ssim-rgb"].append(_ms_ssim(image.rgb, output))
+    record["encoding_time"].append(encoding_time)
+    record["decoding_time"].append(decoding_time)
+
+
+def _result(model: LoadedModel, context: str, qualities: list[float], per_image: dict[str, dict], device: str) -> dict:
+    """The CompressAI-schema result of one context mode from its per-image records."""
+    records = list(per_image.values())
+    averages: dict[str, list] = {"quality": list(qualities)}
+    for key in RESULT_KEYS[1:]:
+        averages[key] = [_mean([r[key][i] for r in records]) for i in range(len(qualities))]
+    description = (
+        f"ccacodec {__version__}, model {model.model_id} (weights sha256 {model.weights_sha256.hex()[:12]}), "
+        f"context {context}, device {device}, images: {len(records)}. bpp = 8 * .cca file bytes / (W * H) "
+        f"averaged over images; bpp-payload counts tile stream bytes only; PSNR-RGB (dB, 8-bit, MAX 255) "
+        f"and MS-SSIM (RGB, data range 255, images of at least {MS_SSIM_MIN_SIDE} px a side) per image, "
+        f"then averaged; times in seconds per image."
+    )
+    return {
+        "name": f"ccacodec-{model.model_id}-{context}",
+        "description": description,
+        "results": averages,
+        "per_image": per_image,
+    }
+
+
+def write_results(results: dict[str, dict], out_dir: Path) -> list[Path]:
+    """Write each context's result to ``out_dir/<result name>.json`` (directory created).
+
+    Returns the paths written, in the order of ``results``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for result in results.values():
+        path = out / f"{result['name']}.json"
+        atomic_write(path, (json.dumps(result, indent=2) + "\n").encode())
+        paths.append(path)
+    return paths
+
+
+def bd_table(results: dict[str, dict], anchor_paths: list[Path]) -> list[dict]:
+    """BD-rate and BD-PSNR of each of our curves (bpp, PSNR-RGB) against each anchor file.
+
+    Returns one row per (context, anchor): ``{"context", "curve", "anchor" (its name),
+    "anchor_file", "bd_rate" (%, negative = we need fewer bits), "bd_psnr" (dB, positive =
+    we are better), "note"}``. Where a measure cannot be computed (the curves do not
+    overlap, or a curve has fewer than 3 points) its value is None and ``note`` says why.
+
+    Raises:
+        ValueError, OSError: an anchor file that cannot be read as a results JSON.
+    """
+    anchors = [(Path(p), *load_curve(p)) for p in anchor_paths]
+    rows = []
+    for context, result in results.items():
+        ours = (result["results"]["bpp"], result["results"]["psnr-rgb"])
+        for path, name, bpp, psnr_db in anchors:
+            row: dict = {"context": context, "curve": result["name"], "anchor": name, "anchor_file": str(path)}
+            notes = []
+            for key, measure in (("bd_rate", bd_rate), ("bd_psnr", bd_psnr)):
+                try:
+                    row[key] = measure(bpp, psnr_db, *ours)
+                except ValueError as exc:
+                    row[key] = None
+                    notes.append(f"{key}: {exc}")
+            row["note"] = "; ".join(notes) or None
+            rows.append(row)
+    return rows
+
+
+def plot_rd(results: dict[str, dict], anchor_paths: list[Path], path: Path) -> None:
+    """Save a rate-distortion plot (PNG, or any format matplotlib infers from ``path``).
+
+    x = bpp, y = PSNR-RGB (dB); our curves solid with markers, anchors dashed. The view
+    spans our bitrates (anchors clipped to it) so that our curves are not squeezed.
+    """
+    from matplotlib.figure import Figure  # the optional "eval" extra; Figure draws with Agg, no pyplot state
+
+    fig = Figure(figsize=(8, 6), dpi=120)
+    ax = fig.subplots()
+    ours = [(r["name"], r["results"]["bpp"], r["results"]["psnr-rgb"]) for r in results.values()]
+    anchors = [load_curve(p) for p in anchor_paths]
+    x_max = 1.15 * max(max(bpp) for _, bpp, _ in ours)
+    visible: list[float] = []
+    for name, bpp, psnr_db in ours:
+        order = np.argsort(bpp)
+        ax.plot(np.asarray(bpp)[order], np.asarray(psnr_db)[order], "-o", linewidth=2, label=name)
+        visible.extend(psnr_db)
+    for name, bpp, psnr_db in anchors:
+        order = np.argsort(bpp)
+        x, y = np.asarray(bpp)[order], np.asarray(psnr_db)[order]
+        ax.plot(x, y, "--", marker=".", linewidth=1.2, label=name)
+        visible.extend(y[x <= x_max])
+        if x[0] <= x_max < x[-1]:  # where the dashed line leaves the view
+            visible.append(float(np.interp(x_max, x, y)))
+    finite = [p for p in visible if math.isfinite(p)]
+    margin = 0.05 * (max(finite) - min(finite)) + 0.5
+    ax.set_xlim(0.0, x_max)
+    ax.set_ylim(min(finite) - margin, max(finite) + margin)
+    images = len(next(iter(results.values()))["per_image"])
+    ax.set_title(f"Rate-distortion, {images} image{'s' if images != 1 else ''} (PSNR on 8-bit RGB)")
+    ax.set_xlabel("bits per pixel (whole file)")
+    ax.set_ylabel("PSNR-RGB (dB)")
+    ax.grid(True, alpha=0.4)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """The per-quality averages of every context mode as one markdown table."""
+    lines = [
+        "| context | quality | bpp | payload bpp | PSNR-RGB (dB) | MS-SSIM | enc (s) | dec (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for context, result in results.items():
+        r = result["results"]
+        for i, q in enumerate(r["quality"]):
+            lines.append(
+                f"| {context} | {q:g} | {_fmt(r['bpp'][i], 4)} | {_fmt(r['bpp-payload'][i], 4)} | "
+                f"{_fmt(r['psnr-rgb'][i], 2)} | {_fmt(r['ms-ssim-rgb'][i], 4)} | "
+                f"{_fmt(r['encoding_time'][i], 3)} | {_fmt(r['decoding_time'][i], 3)} |"
+            )
+    return "\n".join(lines)
+
+
+def markdown_bd_table(rows: list[dict]) -> str:
+    """Rows of :func:`bd_table` as a markdown table."""
+    lines = ["| curve | anchor | BD-rate (%) | BD-PSNR (dB) | note |", "|---|---|---:|---:|---|"]
+    for row in rows:
+        rate = "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}"
+        gain = "n/a" if row["bd_psnr"] is None else f"{row['bd_psnr']:+.3f}"
+        lines.append(f"| {row['curve']} | {row['anchor']} | {rate} | {gain} | {row['note'] or ''} |")
+    return "\n".join(lines)
+
+
+def find_images(directory: Path, limit: int | None = None) -> list[Path]:
+    """Image files directly in ``directory`` (by suffix, sorted by name), the first ``limit``."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory")
+    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise UsageError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
+    return found[:limit] if limit is not None else found
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m cca_codec.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("directory", type=Path, metavar="DIR", help="folder of images (png, jpg, ...)")
+    p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
+    p.add_argument("--qualities", default=None, help="comma-separated qualities (default: every integer quality)")
+    p.add_argument("--context", default=None, help="comma-separated context modes: grouped, checkerboard (default: the model's default)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--out", type=Path, required=True, help="folder for the results JSON files")
+    p.add_argument("--anchor", type=Path, action="extend", nargs="+", default=[], metavar="FILE", help="anchor results JSON (repeatable)")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write an RD plot here")
+    p.add_argument("--workdir", type=Path, default=None, help="keep the .cca files here (default: a temporary folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point; errors become one line on stderr and the error's exit code."""
+    args = _parse_args(argv)
+    try:
+        for anchor in args.anchor:
+            try:
+                load_curve(anchor)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"anchor {anchor}: {exc}") from None
+        images = find_images(args.directory, args.limit)
+        model = load_model(args.model)
+        try:
+            qualities = [float(q) for q in _comma_list(args.qualities)] if args.qualities else [
+                float(q.quality) for q in model.qualities
+            ]
+        except ValueError:
+            raise UsageError(f"--qualities must be comma-separated numbers, got {args.qualities!r}") from None
+        contexts = _comma_list(args.context) if args.context else [default_context(model)]
+        results = evaluate(images, model, qualities, contexts, device=args.device, progress=not args.no_progress, workdir=args.workdir)
+        written = write_results(results, args.out)
+        print(markdown_table(results))
+        if args.anchor:
+            print()
+            print(markdown_bd_table(bd_table(results, args.anchor)))
+        if args.plot is not None:
+            plot_rd(results, args.anchor, args.plot)
+            written.append(args.plot)
+    except CodecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
