@@ -1,0 +1,73 @@
+"""Encode/decode seconds of network configurations on one image, through the real codec.
+
+    python benchmarks/cpu_speed.py ../shared/data/kodak/kodim01.png --configs cca-compact,cca-paper --threads 2
+
+Weights are random (speed does not depend on their values beyond the symbol count), so this
+compares configurations before any is trained. Reports the median of --repeats runs after one
+warm-up, per configuration and context mode, as a markdown table (and JSON with --json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from cca_codec.checkpoint import in_memory_model
+from cca_codec.codec import decode_image, encode_image
+from cca_codec.imageio import load_image
+from cca_codec.nn.config import get_config
+
+
+def time_config(name: str, image, modes: list[str], repeats: int) -> list[dict]:
+    model = in_memory_model(name)
+    rows = []
+    for mode in modes:
+        enc, dec = [], []
+        for k in range(repeats + 1):
+            t = time.perf_counter()
+            data = encode_image(image, model, quality=4, context=mode, device="cpu")
+            t_enc = time.perf_counter() - t
+            t = time.perf_counter()
+            decode_image(data, model, device="cpu")
+            t_dec = time.perf_counter() - t
+            if k:
+                enc.append(t_enc)
+                dec.append(t_dec)
+        rows.append({
+            "config": name,
+            "parameters": model.net.inference_parameter_count(),
+            "mode": mode,
+            "encode_s": statistics.median(enc),
+            "decode_s": statistics.median(dec),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image")
+    p.add_argument("--configs", default="cca-compact")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    image = load_image(a.image)
+    rows = []
+    for name in a.configs.split(","):
+        modes = ["grouped"] + (["checkerboard"] if get_config(name).spatial_context else [])
+        rows += time_config(name, image, modes, a.repeats)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{image.width}x{image.height}, {a.threads} threads, median of {a.repeats}\n")
+    print("| config | parameters | mode | encode s | decode s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['parameters'] / 1e6:.2f} M | {r['mode']} | {r['encode_s']:.2f} | {r['decode_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
