@@ -18,11 +18,27 @@ import torch
 from cca_codec.checkpoint import in_memory_model
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.imageio import load_image
-from cca_codec.nn.config import get_config
+from cca_codec.nn.config import ModelConfig, get_config
+
+# Candidates that were measured against cca-compact when its widths were chosen.
+CANDIDATES = {
+    "compact-wider-context": ModelConfig(
+        name="compact-wider-context", ae_dims=(64, 96, 128), ae_blocks=(1, 1, 2), latent_channels=192,
+        hyper_channels=128, stack_width=96, stack_depth=1, head_widths=(96, 64),
+    ),
+    "compact-large": ModelConfig(
+        name="compact-large", ae_dims=(96, 128, 160), ae_blocks=(1, 2, 2), latent_channels=192,
+        hyper_channels=128, stack_width=96, stack_depth=2, head_widths=(96, 64),
+    ),
+}
+
+
+def config(name: str) -> ModelConfig:
+    return CANDIDATES.get(name) or get_config(name)
 
 
 def time_config(name: str, image, modes: list[str], repeats: int) -> list[dict]:
-    model = in_memory_model(name)
+    model = in_memory_model(config(name))
     rows = []
     for mode in modes:
         enc, dec = [], []
@@ -49,7 +65,7 @@ def time_config(name: str, image, modes: list[str], repeats: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image")
-    p.add_argument("--configs", default="cca-compact")
+    p.add_argument("--configs", default="cca-compact", help=f"comma-separated: {', '.join(CANDIDATES)} or a named configuration")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
@@ -58,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     image = load_image(a.image)
     rows = []
     for name in a.configs.split(","):
-        modes = ["grouped"] + (["checkerboard"] if get_config(name).spatial_context else [])
+        modes = ["grouped"] + (["checkerboard"] if config(name).spatial_context else [])
         rows += time_config(name, image, modes, a.repeats)
     if a.json:
         print(json.dumps(rows, indent=2))
