@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import __version__
 from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container, read_header
 from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError
-from .fileio import STDOUT, write_output
+from .fileio import STDOUT, read_file, write_output
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -190,16 +190,7 @@ def _read_bytes(path: str) -> bytes:
     """The content of ``path``, or all of standard input for "-" (InputError when unreadable)."""
     if path == STDIN:
         return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path} not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a directory, not a file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return read_file(path)
 
 
 def _plan_jobs(inputs: Sequence[str], output: str | None, out_dir: str | None, suffix: str) -> list[Job]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -201,12 +201,16 @@ def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], q
             return net.g_s(y_hat.float() * g_y_inv.float()).clamp_(0, 1)
 
 
-def _thread_independent(device: torch.device) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _thread_independent(device: torch.device) -> Iterator[None]:
     """On the CPU, run without oneDNN: its float32 convolutions sum in an order that depends
     on the thread count, and decoded pixels must not (PyTorch's own kernels do not)."""
-    if device.type == "cpu":
-        return torch.backends.mkldnn.flags(enabled=False)
-    return contextlib.nullcontext()
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = previous and device.type != "cpu"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def _pad(x: Tensor, align: int) -> Tensor:

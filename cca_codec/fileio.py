@@ -11,6 +11,7 @@ import errno
 import os
 import secrets
 import sys
+from pathlib import Path
 
 from cca_codec.errors import InputError
 
@@ -135,3 +136,19 @@ def _describe(target: str, exc: OSError) -> str:
     if isinstance(exc, IsADirectoryError) or os.path.isdir(target):
         return f"cannot write {target}: it is a directory"
     return f"cannot write {target}: {exc.strerror or exc}"
+
+
+def read_file(path: str | os.PathLike, what: str = "a file") -> bytes:
+    """The bytes of `path`; a missing, unreadable or directory path is a one-line InputError
+    (`what` names what was expected, e.g. "an image")."""
+    label = os.fspath(path)
+    try:
+        return Path(label).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{label} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{label} is a directory, not {what}") from None
+    except PermissionError:
+        raise InputError(f"{label}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {label}: {exc.strerror or exc}") from None

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cca_codec.errors import InputError
-from cca_codec.fileio import STDOUT, write_output
+from cca_codec.fileio import STDOUT, read_file, write_output
 
 COLOR_MODES = ("rgb", "gray")
 """Values of ``color_mode``: ``"gray"`` means the image is restored as one channel."""
@@ -206,16 +206,7 @@ def _read_source(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
         label, data = STDIN_LABEL, source
     else:
         label = os.fspath(source)
-        try:
-            data = Path(label).read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{label} not found") from None
-        except IsADirectoryError:
-            raise InputError(f"{label} is a directory, not an image") from None
-        except PermissionError:
-            raise InputError(f"{label}: permission denied") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {label}: {exc.strerror or exc}") from None
+        data = read_file(source, "an image")
     if not data:
         raise InputError(f"{label} is empty")
     return label, data
