@@ -513,3 +513,33 @@ def _model_entry(model_id: str, directory: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         entry["error"] = _one_line(f"{type(exc).__name__}: {exc}")
     return entry
+
+
+@cli.command(
+    "eval",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def evaluate_cmd(args: tuple[str, ...]) -> None:
+    """Rate-distortion evaluation of a folder of images (see `ccacodec eval --help`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from . import evaluate
+
+    evaluate.main(list(args), prog=f"{PROG} eval")
+
+
+@cli.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train_cmd(args: tuple[str, ...]) -> None:
+    """Train a model with the CCA loss (see `ccacodec train --help`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from . import train
+
+    train.main(list(args), prog=f"{PROG} train")

@@ -343,10 +343,8 @@ def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m cca_codec.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", type=Path, metavar="DIR", help="folder of images (png, jpg, ...)")
     p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
     p.add_argument("--qualities", default=None, help="comma-separated qualities (default: every integer quality)")
@@ -364,9 +362,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.evaluate") -> None:
     """Command-line entry point; errors become one line on stderr and the error's exit code."""
-    args = _parse_args(argv)
+    args = _parse_args(argv, prog)
     try:
         for anchor in args.anchor:
             try:

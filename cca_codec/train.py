@@ -257,8 +257,8 @@ def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
     return trainer
 
 
-def parse_args(argv: list[str] | None = None) -> TrainOptions:
-    p = argparse.ArgumentParser(prog="python -m cca_codec.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.train") -> TrainOptions:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainOptions(data="", out="")
     for name, value in vars(defaults).items():
         flag = "--" + name.replace("_", "-")
@@ -273,8 +273,8 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     return TrainOptions(**vars(p.parse_args(argv)))
 
 
-def main(argv: list[str] | None = None) -> None:
-    run(parse_args(argv))
+def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.train") -> None:
+    run(parse_args(argv, prog))
 
 
 if __name__ == "__main__":
