@@ -4,6 +4,13 @@ model.json holds the network configuration, the quality table (beta, distortion 
 equivalent lambda per quality), the default quality and the sha256 of the weights file. The
 weights file holds every parameter (float16 or float32) and the frozen entropy-coding buffers:
 the z prior's and the Gaussian tables' integer CDFs (int32) and the scale bounds (float64).
+
+A model may instead have one network per quality (the official CCA checkpoints are one network
+per lambda): then model.json has format_version 2, each quality entry names its own weights file
+and sha256 (`"weights": "q6.safetensors", "weights_sha256": ...`) and there is no top-level
+weights file. Each such network has a single gain row of zeros (gain 1), so only the listed
+integer qualities can be coded. Version 1 directories (one network for all qualities through
+per-quality gains) are read and written as before.
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +26,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .errors import ModelError
+from .errors import InputError, ModelError, UsageError
 from .fileio import atomic_write
 from .nn.config import ModelConfig, get_config
 from .nn.model import CCAModel
@@ -27,36 +35,103 @@ from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dict
 DEFAULT_MODEL_ID = "cca-compact"
 MODEL_FORMAT = "ccacodec-model"
 MODEL_FORMAT_VERSION = 1
+PER_QUALITY_FORMAT_VERSION = 2  # quality entries name their own weights files
 WEIGHTS_FILE = "weights.safetensors"
+QUALITY_WEIGHTS_FILE = "q{quality}.safetensors"
+PER_QUALITY_GAIN_ROWS = 1  # a per-quality network's gains: one row of zeros, evaluated at quality 1
+DEFAULT_QUALITY = 4.0
 _EXACT_BUFFERS = ("scale_bounds",)  # kept in float64 whatever the weight dtype
 
 
 @dataclass
+class QualityWeights:
+    """The weights file of one quality of a model with per-quality weights, and its network
+    once read (on first use)."""
+
+    path: Path
+    sha256: bytes
+    net: CCAModel | None = None
+
+
+@dataclass(frozen=True)
+class QualityNetwork:
+    """What codes at one quality: the network, the quality its gains are evaluated at, and the
+    sha256 of its weights (recorded in `.cca` headers)."""
+
+    net: CCAModel
+    gain_quality: float
+    weights_sha256: bytes
+
+
+@dataclass
 class LoadedModel:
-    """A network ready for coding, with what a `.cca` header records about it."""
+    """A network ready for coding, with what a `.cca` header records about it.
+
+    With per-quality weights (`per_quality` not empty: integer quality -> its weights), `net`
+    and `weights_sha256` are those of the default quality; `at_quality` gives any quality's.
+    """
 
     model_id: str
     net: CCAModel
     qualities: tuple[QualityPoint, ...]
     weights_sha256: bytes
-    default_quality: float = 4.0
+    default_quality: float = DEFAULT_QUALITY
     directory: Path | None = None
     info: dict = field(default_factory=dict)
+    per_quality: dict[int, QualityWeights] = field(default_factory=dict)
 
     @property
     def config(self) -> ModelConfig:
         return self.net.cfg
 
     def quality_point(self, quality: float) -> QualityPoint:
-        """The integer operating point nearest below `quality` (for reporting its lambda)."""
-        return self.qualities[min(max(int(quality), 1), len(self.qualities)) - 1]
+        """The operating point at or nearest below `quality` (the lowest one below the table)."""
+        below = [p for p in self.qualities if p.quality <= quality]
+        return below[-1] if below else self.qualities[0]
 
     def lam(self, quality: float) -> float:
         """Lambda at a possibly fractional quality, interpolated geometrically."""
         lo = self.quality_point(quality)
-        hi = self.quality_point(min(quality + 1, len(self.qualities)))
-        t = min(max(quality - lo.quality, 0.0), 1.0)
+        above = [p for p in self.qualities if p.quality > lo.quality]
+        if not above:
+            return lo.lam
+        hi = above[0]
+        t = min(max((quality - lo.quality) / (hi.quality - lo.quality), 0.0), 1.0)
         return float(lo.lam ** (1 - t) * hi.lam**t)
+
+    def check_quality(self, quality: float) -> float:
+        """`quality` as a float if this model can code at it (UsageError otherwise): any value in
+        1..N for one network with gains, one of the listed integers for per-quality weights."""
+        q = float(quality)
+        if self.per_quality:
+            if not (q.is_integer() and int(q) in self.per_quality):
+                listed = ", ".join(str(n) for n in sorted(self.per_quality))
+                raise UsageError(
+                    f"model {self.model_id!r} has one network per quality and codes at qualities "
+                    f"{listed} only (no fractional qualities), got {quality:g}"
+                )
+        elif not 1.0 <= q <= len(self.qualities):
+            raise UsageError(f"quality must be between 1 and {len(self.qualities)}, got {quality}")
+        return q
+
+    def weights_sha256_at(self, quality: float) -> bytes | None:
+        """sha256 of the weights that code at `quality`, None where a per-quality model has no
+        network (the one network's at any quality otherwise); loads nothing."""
+        if not self.per_quality:
+            return self.weights_sha256
+        q = float(quality)
+        entry = self.per_quality.get(int(q)) if q.is_integer() else None
+        return None if entry is None else entry.sha256
+
+    def at_quality(self, quality: float) -> QualityNetwork:
+        """The network that codes at `quality` (checked with `check_quality`), read on first use."""
+        q = self.check_quality(quality)
+        if not self.per_quality:
+            return QualityNetwork(self.net, q, self.weights_sha256)
+        entry = self.per_quality[int(q)]
+        if entry.net is None:
+            entry.net = _read_network(entry.path, entry.sha256, self.config, PER_QUALITY_GAIN_ROWS, self.model_id)
+        return QualityNetwork(entry.net, float(PER_QUALITY_GAIN_ROWS), entry.sha256)
 
 
 def serialize_weights(net: CCAModel, dtype: torch.dtype = torch.float32) -> bytes:
@@ -99,22 +174,79 @@ def save_model_dir(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     weights = serialize_weights(model.net, dtype)
+    atomic_write(out / WEIGHTS_FILE, weights)
+    _write_meta(
+        out, model.model_id, model.config, [q.to_dict() for q in model.qualities], model.default_quality, dtype,
+        info if info is not None else model.info, card, version=MODEL_FORMAT_VERSION,
+        weights={"weights": WEIGHTS_FILE, "weights_sha256": hashlib.sha256(weights).hexdigest()},
+    )
+    return out
+
+
+def save_per_quality_model_dir(
+    model_id: str,
+    networks: Iterable[tuple[QualityPoint, CCAModel]],
+    directory: str | os.PathLike,
+    *,
+    default_quality: float,
+    dtype: torch.dtype = torch.float32,
+    card: str = "",
+    info: dict | None = None,
+) -> Path:
+    """Write a model directory with one network per quality (format version 2) into `directory`
+    (created). Each network (with PER_QUALITY_GAIN_ROWS gain rows and frozen tables) is written
+    to `q<quality>.safetensors` as `networks` yields it, so they can be built one at a time;
+    model.json comes last. All networks must share one configuration, their qualities must
+    be distinct, and `default_quality` must be one of them (ValueError otherwise)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    entries: list[dict] = []
+    cfg: ModelConfig | None = None
+    for point, net in networks:
+        if cfg is not None and net.cfg != cfg:
+            raise ValueError(f"quality {point.quality}: configuration {net.cfg.name!r} differs from {cfg.name!r}")
+        cfg = net.cfg
+        name = QUALITY_WEIGHTS_FILE.format(quality=point.quality)
+        weights = serialize_weights(net, dtype)
+        atomic_write(out / name, weights)
+        entries.append({**point.to_dict(), "weights": name, "weights_sha256": hashlib.sha256(weights).hexdigest()})
+    numbers = [e["quality"] for e in entries]
+    if cfg is None or len(set(numbers)) != len(numbers) or default_quality not in numbers:
+        raise ValueError(f"need distinct qualities including the default {default_quality:g}, got {numbers}")
+    entries.sort(key=lambda e: e["quality"])
+    _write_meta(
+        out, model_id, cfg, entries, default_quality, dtype, info or {}, card, version=PER_QUALITY_FORMAT_VERSION, weights={}
+    )
+    return out
+
+
+def _write_meta(
+    out: Path,
+    model_id: str,
+    cfg: ModelConfig,
+    qualities: list[dict],
+    default_quality: float,
+    dtype: torch.dtype,
+    info: dict,
+    card: str,
+    *,
+    version: int,
+    weights: dict,
+) -> None:
+    """Write model.json (with the top-level `weights` fields given) and the model card."""
     meta = {
         "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
-        "model_id": model.model_id,
-        "config": model.config.to_dict(),
-        "qualities": [q.to_dict() for q in model.qualities],
-        "default_quality": model.default_quality,
-        "weights": WEIGHTS_FILE,
+        "format_version": version,
+        "model_id": model_id,
+        "config": cfg.to_dict(),
+        "qualities": qualities,
+        "default_quality": default_quality,
+        **weights,
         "weights_dtype": str(dtype).removeprefix("torch."),
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-        "info": info if info is not None else model.info,
+        "info": info,
     }
-    atomic_write(out / WEIGHTS_FILE, weights)
     atomic_write(out / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
-    atomic_write(out / "MODEL_CARD.md", (card or f"# {model.model_id}\n").encode())
-    return out
+    atomic_write(out / "MODEL_CARD.md", (card or f"# {model_id}\n").encode())
 
 
 def model_search_path() -> list[Path]:
@@ -152,24 +284,86 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     return found
 
 
+def writable_model_root() -> Path:
+    """The first entry of the model search path that exists as a writable directory or can be
+    created (InputError, an unwritable output, when there is none)."""
+    for root in model_search_path():
+        existing = next(p for p in (root, *root.parents) if p.exists())
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+            return root
+    searched = ", ".join(str(p) for p in model_search_path())
+    raise InputError(f"no writable model directory on the search path ({searched}); set CCACODEC_MODELS")
+
+
 def load_model(model: str | os.PathLike | None = None) -> LoadedModel:
-    """Load a model directory (by id or path), verifying its weights hash and shapes."""
+    """Load a model directory (by id or path), verifying its weights hash and shapes.
+
+    Per-quality weights (format version 2): the default quality's network is read now, the
+    others on first use (LoadedModel.at_quality), each checked against its sha256 then.
+    """
     directory = resolve_model_dir(model)
     try:
         meta = json.loads((directory / "model.json").read_text())
-        if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
+        version = meta.get("format_version")
+        if meta.get("format") != MODEL_FORMAT or version not in (MODEL_FORMAT_VERSION, PER_QUALITY_FORMAT_VERSION):
             raise ModelError(f"{directory}/model.json is not a ccacodec model of a supported version")
-        weights = (directory / meta.get("weights", WEIGHTS_FILE)).read_bytes()
+        model_id = str(meta["model_id"])
         cfg = ModelConfig.from_dict(meta["config"])
         qualities = quality_table_from_dicts(meta["qualities"])
+        default_quality = float(meta.get("default_quality", DEFAULT_QUALITY))
+        if version == PER_QUALITY_FORMAT_VERSION:
+            per_quality = _per_quality_weights(directory, meta["qualities"])
+            if default_quality not in per_quality:
+                raise ModelError(f"{directory}/model.json: default quality {default_quality:g} has no weights")
+            path, sha256 = per_quality[int(default_quality)].path, per_quality[int(default_quality)].sha256
+        else:
+            per_quality = {}
+            path, sha256 = _weights_path(directory, meta.get("weights", WEIGHTS_FILE)), bytes.fromhex(meta["weights_sha256"])
     except ModelError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read model in {directory}: {exc}") from None
-    digest = hashlib.sha256(weights).digest()
-    if digest.hex() != meta.get("weights_sha256"):
-        raise ModelError(f"weights of model {meta.get('model_id')!r} in {directory} do not match their sha256")
-    net = CCAModel(cfg, num_qualities=len(qualities))
+    net = _read_network(path, sha256, cfg, PER_QUALITY_GAIN_ROWS if per_quality else len(qualities), model_id)
+    if per_quality:
+        per_quality[int(default_quality)].net = net
+    return LoadedModel(
+        model_id=model_id,
+        net=net,
+        qualities=qualities,
+        weights_sha256=sha256,
+        default_quality=default_quality,
+        directory=directory,
+        info=meta.get("info", {}),
+        per_quality=per_quality,
+    )
+
+
+def _per_quality_weights(directory: Path, entries: list[dict]) -> dict[int, QualityWeights]:
+    """Integer quality -> its weights file and sha256, from model.json's quality entries."""
+    weights = {}
+    for e in entries:
+        if not float(e["quality"]).is_integer() or int(e["quality"]) in weights:
+            raise ModelError(f"{directory}/model.json: quality {e['quality']!r} is not a distinct integer")
+        weights[int(e["quality"])] = QualityWeights(_weights_path(directory, e["weights"]), bytes.fromhex(e["weights_sha256"]))
+    return weights
+
+
+def _weights_path(directory: Path, name: str) -> Path:
+    """A weights file named in model.json: a plain file name inside the model directory."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ModelError(f"{directory}/model.json names weights file {name!r}, not a file name in the directory")
+    return directory / name
+
+
+def _read_network(path: Path, sha256: bytes, cfg: ModelConfig, num_qualities: int, model_id: str) -> CCAModel:
+    """Read a weights file into a new network (eval mode), checking its sha256 and shapes."""
+    try:
+        weights = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model {model_id!r} weights {path}: {exc.strerror or exc}") from None
+    if hashlib.sha256(weights).digest() != sha256:
+        raise ModelError(f"weights of model {model_id!r} in {path.parent} do not match their sha256 ({path.name})")
+    net = CCAModel(cfg, num_qualities=num_qualities)
     try:
         state = {
             k: (v if not v.is_floating_point() or k.endswith(_EXACT_BUFFERS) else v.float())
@@ -178,13 +372,5 @@ def load_model(model: str | os.PathLike | None = None) -> LoadedModel:
         net.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0]
-        raise ModelError(f"weights in {directory} do not fit configuration {cfg.name!r}: {first}") from None
-    return LoadedModel(
-        model_id=str(meta["model_id"]),
-        net=net.eval(),
-        qualities=qualities,
-        weights_sha256=digest,
-        default_quality=float(meta.get("default_quality", 4)),
-        directory=directory,
-        info=meta.get("info", {}),
-    )
+        raise ModelError(f"weights {path} do not fit configuration {cfg.name!r}: {first}") from None
+    return net.eval()

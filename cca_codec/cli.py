@@ -515,6 +515,37 @@ def _model_entry(model_id: str, directory: Path) -> dict:
     return entry
 
 
+@cli.command("import-official")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CKPT...")
+@click.option(
+    "--lambda", "lambdas", type=float, multiple=True, required=True, metavar="L",
+    help="Official lambda of each CKPT, in the same order: 3.5, 1.8, 0.85 or 0.3 (qualities 3 to 6).",
+)
+@click.option("--model-id", metavar="ID", help="Id (and directory name) of the new model; default: cca-official.")
+@click.option(
+    "--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False),
+    help="Directory to create the model directory ID in; default: the first writable entry of the model search path.",
+)
+def import_official_cmd(checkpoints: tuple[str, ...], lambdas: tuple[float, ...], model_id: str | None, out_dir: str | None) -> None:
+    """Install the CCA authors' published checkpoints as one model.
+
+    Each CKPT (a .pth.tar from LabShuHangGU/CCA) is followed by its --lambda:
+
+      ccacodec import-official cca_0.3.pth.tar --lambda 0.3 cca_0.85.pth.tar --lambda 0.85
+
+    The model has one network per lambda and codes at those qualities only.
+    """
+    if len(checkpoints) != len(lambdas):
+        raise click.UsageError(f"give one --lambda per checkpoint ({len(checkpoints)} checkpoints, {len(lambdas)} --lambda)")
+    _torch_modules()  # torch and CompressAI, imported without their deprecation warnings
+    from . import official
+
+    directory = official.import_official(
+        [(Path(c), lam) for c, lam in zip(checkpoints, lambdas)], model_id or official.DEFAULT_OFFICIAL_MODEL_ID, out_dir
+    )
+    _say(f"installed model {directory.name} in {directory}")
+
+
 @cli.command(
     "eval",
     context_settings={"ignore_unknown_options": True, "help_option_names": []},

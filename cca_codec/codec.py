@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel, QualityNetwork, load_model
 from .container import CONTEXT_MODES, Container, Header, TilePayload, read_container, write_container
 from .entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
 from .entropy.tables import CDFTables, ScaleTable
@@ -58,12 +58,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _prepare(model: LoadedModel, device: torch.device) -> _Coding:
-    """Move the transforms to `device` (float32) and the entropy path to float64 (once)."""
-    net = model.net.eval()
-    cached = getattr(model, "_coding", None)
+def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | None = None) -> _Coding:
+    """Move a network of `model` (`chosen`, default: the default quality's) to `device`: transforms
+    in float32, the entropy path in float64 (once per network, cached on the model by weights hash)."""
+    if chosen is None:
+        chosen = model.at_quality(model.default_quality)
+    cache: dict[bytes, _Coding] = getattr(model, "_coding", None) or {}
+    cached = cache.get(chosen.weights_sha256)
     if cached is not None and cached.device == device:
         return cached
+    net = chosen.net.eval()
     net.to(device)
     for module in (net.h_mean_s, net.h_scale_s, net.context):
         module.to(ENTROPY_DTYPE)
@@ -74,15 +78,9 @@ def _prepare(model: LoadedModel, device: torch.device) -> _Coding:
         y_tables=CDFTables.from_module(net.gaussian_conditional),
         scale_table=ScaleTable(net.scale_bounds),
     )
-    model._coding = coding  # type: ignore[attr-defined]
+    cache[chosen.weights_sha256] = coding
+    model._coding = cache  # type: ignore[attr-defined]
     return coding
-
-
-def _check_quality(model: LoadedModel, quality: float) -> float:
-    q = float(quality)
-    if not (1.0 <= q <= len(model.qualities)):
-        raise UsageError(f"quality must be between 1 and {len(model.qualities)}, got {quality}")
-    return q
 
 
 def _check_context(net: CCAModel, context: str) -> str:
@@ -147,10 +145,11 @@ def _z_symbols_layout(z_shape: torch.Size) -> np.ndarray:
     return np.repeat(np.arange(ch, dtype=np.int64), h * w)
 
 
-def encode_tile(c: _Coding, x: Tensor, quality: float, checkerboard: bool) -> tuple[bytes, int]:
-    """x: (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 -> (stream, symbols CRC-32)."""
+def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool) -> tuple[bytes, int]:
+    """x: (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 -> (stream, symbols CRC-32).
+    `gain_quality`: where the network's gains are evaluated (QualityNetwork.gain_quality)."""
     net, dev = c.net, c.device
-    g_y, _, g_z, g_z_inv = _gains(net, quality, dev)
+    g_y, _, g_z, g_z_inv = _gains(net, gain_quality, dev)
     enc = SymbolEncoder()
     with torch.inference_mode():
         y = net.g_a(x.to(dev)) * g_y.float()
@@ -177,10 +176,10 @@ def encode_tile(c: _Coding, x: Tensor, quality: float, checkerboard: bool) -> tu
     return enc.finish(), enc.crc32
 
 
-def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], quality: float, checkerboard: bool) -> Tensor:
+def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], gain_quality: float, checkerboard: bool) -> Tensor:
     """Decode one tile's stream to x_hat (1, 3, H, W) float32 in [0, 1] (H, W multiples of 64)."""
     net, dev = c.net, c.device
-    _, g_y_inv, _, g_z_inv = _gains(net, quality, dev)
+    _, g_y_inv, _, g_z_inv = _gains(net, gain_quality, dev)
     dec = SymbolDecoder(stream)
     h, w = shape[0] // 64, shape[1] // 64
     z_shape = torch.Size((1, net.cfg.hyper_channels, h, w))
@@ -238,11 +237,12 @@ def encode_image(
     device: str = "auto",
 ) -> bytes:
     """Compress an image into `.cca` bytes."""
-    q = _check_quality(model, model.default_quality if quality is None else quality)
-    mode = _check_context(model.net, context or default_context(model))
-    c = _prepare(model, resolve_device(device))
+    q = model.check_quality(model.default_quality if quality is None else quality)
+    chosen = model.at_quality(q)
+    mode = _check_context(chosen.net, context or default_context(model))
+    c = _prepare(model, resolve_device(device), chosen)
     align = CCAModel.alignment
-    stream, crc = encode_tile(c, _pad(_to_tensor(image.rgb), align), q, mode == "checkerboard")
+    stream, crc = encode_tile(c, _pad(_to_tensor(image.rgb), align), chosen.gain_quality, mode == "checkerboard")
     header = Header(
         width=image.width,
         height=image.height,
@@ -258,7 +258,7 @@ def encode_image(
         latent_align=align,
         coder_version=CODER_VERSION,
         model_id=model.model_id,
-        weights_sha256=model.weights_sha256,
+        weights_sha256=chosen.weights_sha256,
     )
     return write_container(
         Container(
@@ -272,12 +272,14 @@ def encode_image(
 
 
 def check_model_matches(header: Header, model: LoadedModel) -> None:
-    """Refuse to decode with weights other than the ones the file was encoded with."""
-    if header.weights_sha256 != model.weights_sha256:
+    """Refuse to decode with weights other than the ones the file was encoded with (for a model
+    with per-quality weights: those of the file's quality)."""
+    loaded = model.weights_sha256_at(header.quality)
+    if header.weights_sha256 != loaded:
+        have = f"weights are {loaded.hex()[:12]}" if loaded is not None else f"has no weights for quality {header.quality:g}"
         raise ModelError(
             f"file was encoded with model {header.model_id!r} weights "
-            f"{header.weights_sha256.hex()[:12]}, but the loaded {model.model_id!r} weights are "
-            f"{model.weights_sha256.hex()[:12]}"
+            f"{header.weights_sha256.hex()[:12]}, but the loaded {model.model_id!r} {have}"
         )
 
 
@@ -298,16 +300,17 @@ def decode_image(
         raise FormatError("tiled files are not supported by this version")
     if h.latent_align != CCAModel.alignment:
         raise FormatError(f"unsupported latent alignment {h.latent_align}")
-    q = float(h.quality)
-    if not (1.0 <= q <= len(model.qualities)):
-        raise FormatError(f"quality {q} is outside the model's range 1..{len(model.qualities)}")
+    try:
+        chosen = model.at_quality(h.quality)
+    except UsageError as exc:
+        raise FormatError(f"the file's quality does not fit model {model.model_id!r}: {exc}") from None
     if h.context_mode == "checkerboard" and model.net.context.spatial is None:
         raise ModelError(f"file uses the checkerboard context, which model {model.model_id!r} does not have")
-    c = _prepare(model, resolve_device(device))
+    c = _prepare(model, resolve_device(device), chosen)
     align = CCAModel.alignment
     padded = (h.height + (-h.height) % align, h.width + (-h.width) % align)
     tile = container.tiles[0]
-    x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, padded, q, h.context_mode == "checkerboard")
+    x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, padded, chosen.gain_quality, h.context_mode == "checkerboard")
     rgb = _to_rgb8(x_hat, h.height, h.width)
     alpha = None
     if container.alpha is not None:
