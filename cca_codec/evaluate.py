@@ -82,14 +82,10 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def _check_qualities(model: LoadedModel, qualities: Sequence[float]) -> list[float]:
-    """Qualities as floats, each within the model's range 1..N (UsageError otherwise)."""
+    """Qualities as floats, each one the model codes at (UsageError otherwise)."""
     if not qualities:
         raise UsageError("no qualities to evaluate")
-    top = len(model.qualities)
-    for q in qualities:
-        if not 1.0 <= float(q) <= top:
-            raise UsageError(f"quality must be between 1 and {top}, got {q}")
-    return [float(q) for q in qualities]
+    return [model.check_quality(q) for q in qualities]
 
 
 def _warm_up(image: SourceImage, model: LoadedModel, quality: float, context: str, device: str) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from .checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
 from .data import CropSampler, load_split
+from .errors import UsageError
 from .nn.aux import AuxEntropyModel
 from .nn.config import get_config
 from .nn.loss import CCA_VARIANTS, CCALoss
@@ -87,6 +88,8 @@ class Trainer:
         self.qualities = DEFAULT_QUALITIES
         if o.init:
             loaded = load_model(o.init)
+            if loaded.per_quality:
+                raise UsageError(f"--init {o.init}: a model with one network per quality cannot seed a training run")
             self.net, self.qualities = loaded.net.float().train(), loaded.qualities
         else:
             self.net = CCAModel(get_config(o.config), num_qualities=len(self.qualities))
