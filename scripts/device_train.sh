@@ -13,7 +13,10 @@
 #   run: bash scripts/device_train.sh wait runs/gpu1 520        (repeat; each call holds the machine ~9 min)
 #   run: bash scripts/device_train.sh finish runs/gpu1          (exports weights into $OUT)
 # Calls must follow each other within 30 s or the machine (and the background run) is gone.
-# To continue in a later session, carry runs/<name>/state.pt back and pass --resume.
+# Back here: join split weights (`cat weights.safetensors.part* > weights.safetensors`), copy the
+# export into models/cca-compact, evaluate on Kodak. The full state (~160 MB) cannot travel (64 MiB
+# carry limit, 16 MiB per returned file), so a later session continues with --init models/cca-compact
+# (weights only; Adam restarts, so use a short --warmup).
 set -euo pipefail
 cmd=${1:?start|wait|finish}; run=${2:?run directory}; shift 2
 
@@ -49,10 +52,18 @@ finish)
     cp "$run/log.jsonl" "$out/" 2>/dev/null || true
     if [ -d "$run/export" ]; then
         cp "$run/export/"* "$out/"
+        # the device tool brings back files of at most 16 MiB: split bigger ones into 15 MiB parts
+        # (join here with `cat F.part* > F`; model.json's sha256 checks the result on load)
+        for f in "$out"/*; do
+            if [ "$(stat -c %s "$f")" -gt $((16 * 1024 * 1024)) ]; then
+                split -b 15M -d "$f" "$f.part" && rm "$f"
+            fi
+        done
         # check the export before it leaves the machine: one Kodak-size image through the codec
-        python3 -m cca_codec encode samples/seeding.png -o "$out/check.cca" --model "$run/export" --device cuda
-        python3 -m cca_codec decode "$out/check.cca" -o /tmp/check.png --model "$run/export" --device cuda
-        python3 -m cca_codec.metrics samples/seeding.png /tmp/check.png --cca "$out/check.cca"
+        python3 -m cca_codec encode samples/seeding.png -o "$run/check.cca" --model "$run/export" --device cuda
+        python3 -m cca_codec decode "$run/check.cca" -o /tmp/check.png --model "$run/export" --device cpu
+        python3 -m cca_codec.metrics samples/seeding.png /tmp/check.png --cca "$run/check.cca"
+        cp "$run/check.cca" "$out/"
     fi
     # the resumable state is large; bring it back only when it fits (16 MiB per file)
     if [ "$(stat -c %s "$run/state.pt")" -le $((16 * 1024 * 1024)) ]; then cp "$run/state.pt" "$out/"; fi
