@@ -109,7 +109,7 @@ def _read_rgb(data: bytes | Path, what: str) -> np.ndarray:
     """(H, W, 3) uint8 pixels of an image file or its bytes (ToolFailure when unreadable)."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # writable, as torch.from_numpy wants (MS-SSIM)
     except (OSError, ValueError) as exc:
         raise ToolFailure(f"cannot read the {what}: {exc}") from None
 
