@@ -49,7 +49,7 @@ from .evaluate import output_rgb
 from .fileio import atomic_write, read_file
 from .imageio import DecodedImage, SourceImage, load_image, save_image
 from .metrics import bits_per_pixel, psnr
-from .timing import CONTAINER_READ, CONTAINER_WRITE, IMAGE_READ, IMAGE_WRITE, StageTimer
+from .timing import CONTAINER_READ, CONTAINER_WRITE, IMAGE_READ, IMAGE_WRITE, StageTimer, is_entropy_step, pipeline_order
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
 """The bundled sample image (present in a source checkout)."""
@@ -283,14 +283,15 @@ def _ms(seconds: float) -> str:
 
 
 def _stage_table(runs: list[dict], direction: str) -> list[str]:
-    """Rows: the stages of ``direction`` (encode/decode), other and total, in ms; a column per run."""
-    names: list[str] = []
-    for run in runs:
-        names += [name for name in run[direction]["stages"] if name not in names]
+    """Rows: the stages of ``direction`` (encode/decode) in pipeline order, the entropy steps'
+    sum, other and total, in ms; a column per run."""
+    names = sorted({name for run in runs for name in run[direction]["stages"]}, key=pipeline_order)
     lines = [f"| {direction} stage (ms) | " + " | ".join(r["label"] for r in runs) + " |"]
     lines.append("|---|" + "---:|" * len(runs))
     for name in names:
         lines.append(f"| {name} | " + " | ".join(_ms(r[direction]["stages"].get(name, 0.0)) for r in runs) + " |")
+    steps = [sum(s for name, s in r[direction]["stages"].items() if is_entropy_step(name)) for r in runs]
+    lines.append("| entropy parameters, all steps | " + " | ".join(_ms(s) for s in steps) + " |")
     lines.append(f"| {OTHER} | " + " | ".join(_ms(r[direction]["other_s"]) for r in runs) + " |")
     lines.append(f"| **total** | " + " | ".join(f"**{_ms(r[direction]['total_s'])}**" for r in runs) + " |")
     return lines
@@ -350,7 +351,7 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
     p.add_argument("-q", "--quality", type=float, default=None, help="quality (default: the model's)")
     p.add_argument("--context", default=None, choices=["grouped", "checkerboard"], help="context mode (default: the model's)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU runs, plus CUDA when present")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the CPU runs, plus CUDA when present; cpu: the CPU runs; cuda: the CUDA run only (default: auto)")
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts, one run each (default: 1,2)")
     p.add_argument("--repeat", type=int, default=3, metavar="N", help="timed rounds per run, the median is reported (default: 3)")
     p.add_argument(

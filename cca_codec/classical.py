@@ -13,6 +13,7 @@ JPEG XL its XYB colour space).
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import time
@@ -131,7 +132,7 @@ class PillowCodec(ClassicalCodec):
         return f"this Pillow was built without {self._feature} support"
 
     def version(self) -> str:
-        return f"Pillow {Image.__version__} ({self._feature} {features.version(self._feature)})"
+        return f"Pillow {Image.__version__}, {self._feature} {features.version(self._feature)}"
 
     def encode(self, source: Source, quality: float, out: Path) -> None:
         buffer = io.BytesIO()
@@ -176,7 +177,7 @@ class ExternalCodec(ClassicalCodec):
         except (OSError, subprocess.SubprocessError):
             return self._encoder
         lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        first = lines[0] if lines else "version unknown"
+        first = re.split(r" [(\[]", lines[0])[0] if lines else "version unknown"  # without the build details
         return first if self._encoder in first else f"{self._encoder} {first}"
 
     def _call(self, program: str, args: list[str]) -> None:

@@ -37,9 +37,24 @@ ENTROPY_STEP_PREFIX = "entropy parameters "
 T = TypeVar("T")
 
 
+_PIPELINE = (IMAGE_READ, CONTAINER_READ, G_A, HYPERPRIOR, ENTROPY_STEP_PREFIX, RANGE_CODING, G_S, CONTAINER_WRITE, IMAGE_WRITE)
+
+
 def entropy_step(step: int) -> str:
     """Stage name of the entropy-parameter computation of step ``step`` (1-based)."""
     return f"{ENTROPY_STEP_PREFIX}{step}"
+
+
+def is_entropy_step(name: str) -> bool:
+    """Whether ``name`` is the stage of one entropy-parameter step."""
+    return name.startswith(ENTROPY_STEP_PREFIX)
+
+
+def pipeline_order(name: str) -> tuple[int, int]:
+    """Sort key placing stages in pipeline order (entropy steps by number, unknown names last)."""
+    if is_entropy_step(name):
+        return _PIPELINE.index(ENTROPY_STEP_PREFIX), int(name[len(ENTROPY_STEP_PREFIX):])
+    return (_PIPELINE.index(name) if name in _PIPELINE else len(_PIPELINE)), 0
 
 
 class StageTimer:

@@ -100,3 +100,13 @@ def test_bench_usage_errors(models_env, make_image, capsys, args, message):
 def test_classical_registry_is_consistent():
     for key, codec in classical.CODECS.items():
         assert codec.key == key and codec.qualities and codec.name
+
+
+def test_ccacodec_bench_subcommand_passes_its_arguments(make_image):
+    from click.testing import CliRunner
+
+    from cca_codec.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", str(make_image(64, 64)), "--threads", "two"])
+    assert result.exit_code == UsageError.exit_code
+    assert result.output.strip().splitlines() == ["ccacodec bench: error: --threads must be comma-separated integers, got 'two'"]
