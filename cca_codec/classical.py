@@ -106,10 +106,10 @@ class ClassicalCodec(ABC):
         return Coded(out.stat().st_size, rgb, encoding_time, decoding_time)
 
 
-def _read_rgb(data: bytes | Path, what: str) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of an image file or its bytes (ToolFailure when unreadable)."""
+def _read_rgb(path: Path, what: str) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an image file (ToolFailure when unreadable)."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        with Image.open(path) as img:
             return np.array(img.convert("RGB"))  # writable, as torch.from_numpy wants (MS-SSIM)
     except (OSError, ValueError) as exc:
         raise ToolFailure(f"cannot read the {what}: {exc}") from None
@@ -119,7 +119,7 @@ class PillowCodec(ClassicalCodec):
     """A format Pillow writes and reads (JPEG, WebP), coded in-process from the pixels."""
 
     def __init__(
-        self, key: str, name: str, pil_format: str, feature: str, suffix: str, options: Callable[[float], dict],
+        self, *, key: str, name: str, pil_format: str, feature: str, suffix: str, options: Callable[[float], dict],
         setting: str, qualities: Sequence[float], bench_quality: float,
     ) -> None:
         self.key, self.name, self.suffix, self.setting = key, name, suffix, setting
@@ -140,7 +140,7 @@ class PillowCodec(ClassicalCodec):
         out.write_bytes(buffer.getvalue())
 
     def decode(self, path: Path) -> np.ndarray:
-        return _read_rgb(path.read_bytes(), f"{self.key} file")
+        return _read_rgb(path, f"{self.key} file")
 
 
 class ExternalCodec(ClassicalCodec):
@@ -151,9 +151,10 @@ class ExternalCodec(ClassicalCodec):
     """
 
     def __init__(
-        self, key: str, name: str, suffix: str, encoder: str, decoders: Sequence[str],
-        encode_args: Callable[[float, Path, Path], list[str]], decode_args: Callable[[Path, Path], list[str]],
-        version_args: Sequence[str], package: str, setting: str, qualities: Sequence[float], bench_quality: float,
+        self, *, key: str, name: str, suffix: str, package: str,
+        encoder: str, encode_args: Callable[[float, Path, Path], list[str]],
+        decoders: Sequence[str], decode_args: Callable[[Path, Path], list[str]],
+        version_args: Sequence[str], setting: str, qualities: Sequence[float], bench_quality: float,
     ) -> None:
         self.key, self.name, self.suffix, self.setting = key, name, suffix, setting
         self.qualities, self.bench_quality = tuple(qualities), bench_quality
@@ -164,7 +165,7 @@ class ExternalCodec(ClassicalCodec):
         return next((tool for tool in self._decoders if shutil.which(tool)), None)
 
     def missing(self) -> str | None:
-        absent = [tool for tool in (self._encoder,) if not shutil.which(tool)]
+        absent = [] if shutil.which(self._encoder) else [self._encoder]
         if self._decoder() is None:
             absent.append(" or ".join(self._decoders))
         if not absent:
@@ -177,7 +178,7 @@ class ExternalCodec(ClassicalCodec):
         except (OSError, subprocess.SubprocessError):
             return self._encoder
         lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        first = re.split(r" [(\[]", lines[0])[0] if lines else "version unknown"  # without the build details
+        first = " ".join(re.split(r" [(\[]", lines[0])[0].split()) if lines else "version unknown"  # no build details
         return first if self._encoder in first else f"{self._encoder} {first}"
 
     def _call(self, program: str, args: list[str]) -> None:
@@ -199,18 +200,23 @@ class ExternalCodec(ClassicalCodec):
         if decoder is None:
             raise ToolFailure(self.missing() or "no decoder")
         png = path.with_name(path.name + ".png")
-        self._call(decoder, self._decode_args(path, png))
         try:
+            self._call(decoder, self._decode_args(path, png))
             return _read_rgb(png, f"{decoder} output")
         finally:
             png.unlink(missing_ok=True)
 
 
+WEBP_QUALITIES = (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+"""WebP's sweep (Pillow and cwebp alike)."""
+
+
 def _pillow_jpeg(key: str, name: str, subsampling: int) -> PillowCodec:
     """Pillow's JPEG (libjpeg-turbo, default tables, no optimisation); subsampling 0 = 4:4:4, 2 = 4:2:0."""
     return PillowCodec(
-        key, name, "JPEG", "jpg", ".jpg", lambda q: {"quality": int(q), "subsampling": subsampling},
-        "quality 1-95", (5, 10, 20, 30, 40, 50, 60, 70, 80, 90), 75,
+        key=key, name=name, pil_format="JPEG", feature="jpg", suffix=".jpg",
+        options=lambda q: {"quality": int(q), "subsampling": subsampling},
+        setting="quality 1-95", qualities=(5, 10, 20, 30, 40, 50, 60, 70, 80, 90), bench_quality=75,
     )
 
 
@@ -225,33 +231,35 @@ CODECS: dict[str, ClassicalCodec] = {
         _pillow_jpeg("jpeg", "jpeg-444-pillow", 0),
         _pillow_jpeg("jpeg420", "jpeg-420-pillow", 2),
         PillowCodec(
-            "webp", "webp-pillow", "WEBP", "webp", ".webp", lambda q: {"quality": q},
-            "quality 0-100", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90), 75,
+            key="webp", name="webp-pillow", pil_format="WEBP", feature="webp", suffix=".webp",
+            options=lambda q: {"quality": q},
+            setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75,
         ),
         ExternalCodec(
-            "cwebp", "webp-cwebp", ".webp", "cwebp", ("dwebp",),
-            lambda q, src, dst: ["-quiet", "-q", _q(q), str(src), "-o", str(dst)],
-            lambda src, dst: ["-quiet", str(src), "-o", str(dst)],
-            ("-version",), "webp", "quality 0-100", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90), 75,
+            key="cwebp", name="webp-cwebp", suffix=".webp", package="webp",
+            encoder="cwebp", encode_args=lambda q, src, dst: ["-quiet", "-q", _q(q), str(src), "-o", str(dst)],
+            decoders=("dwebp",), decode_args=lambda src, dst: ["-quiet", str(src), "-o", str(dst)],
+            version_args=("-version",), setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75,
         ),
         ExternalCodec(
-            "avif", "avif-avifenc", ".avif", "avifenc", ("avifdec",),
-            lambda q, src, dst: ["--min", _q(q), "--max", _q(q), str(src), str(dst)],
-            lambda src, dst: ["--depth", "8", str(src), str(dst)],
-            ("--version",), "libavif-bin", "quantizer 0-63 (lower is better)", (60, 54, 48, 42, 36, 30, 24, 18), 30,
+            key="avif", name="avif-avifenc", suffix=".avif", package="libavif-bin",
+            encoder="avifenc", encode_args=lambda q, src, dst: ["--min", _q(q), "--max", _q(q), str(src), str(dst)],
+            decoders=("avifdec",), decode_args=lambda src, dst: ["--depth", "8", str(src), str(dst)],
+            version_args=("--version",), setting="quantizer 0-63 (lower is better)",
+            qualities=(60, 54, 48, 42, 36, 30, 24, 18), bench_quality=30,
         ),
         ExternalCodec(
-            "jxl", "jxl-cjxl", ".jxl", "cjxl", ("djxl",),
-            lambda q, src, dst: [str(src), str(dst), "--distance", _q(q), "--quiet"],
-            lambda src, dst: [str(src), str(dst), "--bits_per_sample=8", "--quiet"],
-            ("--version",), "libjxl-tools", "Butteraugli distance (lower is better)",
-            (18, 12, 8, 5.5, 3.8, 2.6, 1.8, 1.2, 0.8), 1.0,
+            key="jxl", name="jxl-cjxl", suffix=".jxl", package="libjxl-tools",
+            encoder="cjxl", encode_args=lambda q, src, dst: [str(src), str(dst), "--distance", _q(q), "--quiet"],
+            decoders=("djxl",), decode_args=lambda src, dst: [str(src), str(dst), "--bits_per_sample=8", "--quiet"],
+            version_args=("--version",), setting="Butteraugli distance (lower is better)",
+            qualities=(18, 12, 8, 5.5, 3.8, 2.6, 1.8, 1.2, 0.8), bench_quality=1.0,
         ),
         ExternalCodec(
-            "heic", "heic-x265-heif-enc", ".heic", "heif-enc", ("heif-dec", "heif-convert"),
-            lambda q, src, dst: ["--quality", _q(q), str(src), "-o", str(dst)],
-            lambda src, dst: [str(src), str(dst)],
-            ("--help",), "libheif-examples", "quality 0-100", (5, 15, 25, 35, 45, 55, 65), 50,
+            key="heic", name="heic-x265-heif-enc", suffix=".heic", package="libheif-examples",
+            encoder="heif-enc", encode_args=lambda q, src, dst: ["--quality", _q(q), str(src), "-o", str(dst)],
+            decoders=("heif-dec", "heif-convert"), decode_args=lambda src, dst: [str(src), str(dst)],
+            version_args=("--help",), setting="quality 0-100", qualities=(5, 15, 25, 35, 45, 55, 65), bench_quality=50,
         ),
     )
 }

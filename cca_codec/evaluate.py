@@ -284,23 +284,29 @@ def evaluate_classical(
             for index, (path, name) in enumerate(zip(images, names)):
                 image = load_image(path)
                 source = classical.write_source_png(image.rgb, Path(tmp) / "source.png")
-                for codec in codecs:
-                    if codec.key not in dropped:
-                        record = per_image[codec.key][name] = _empty_record(image, CLASSICAL_KEYS)
-                        stem = folder / f"{index:04d}-{Path(name).stem}-{codec.key}"
-                        for q in codec.qualities:
-                            bar.set_postfix_str(f"{name} {codec.key} {q:g}")
-                            try:
-                                coded = codec.run(source, q, stem.with_name(f"{stem.name}-q{q:g}{codec.suffix}"))
-                            except classical.ToolFailure as exc:
-                                say(f"{codec.key} dropped: {name}, {codec.setting} {q:g}: {exc}")
-                                dropped.add(codec.key)
-                                break
-                            _record_round(record, image, coded.file_bytes, coded.rgb, coded.encoding_time, coded.decoding_time)
-                            bar.update()
+                for codec in [c for c in codecs if c.key not in dropped]:
+                    record = per_image[codec.key][name] = _empty_record(image, CLASSICAL_KEYS)
+                    try:
+                        _sweep(codec, source, image, folder / f"{index:04d}-{Path(name).stem}-{codec.key}", record, bar)
+                    except classical.ToolFailure as exc:
+                        say(f"{codec.key} dropped: {name}, {exc}")
+                        dropped.add(codec.key)
     return {
         codec.key: _classical_result(codec, per_image[codec.key]) for codec in codecs if codec.key not in dropped
     }
+
+
+def _sweep(codec: classical.ClassicalCodec, source: classical.Source, image: SourceImage, stem: Path, record: dict, bar: tqdm) -> None:
+    """Code ``source`` at every setting of ``codec`` into ``<stem>-q<setting><suffix>``; append the
+    measures to ``record``. Raises ToolFailure naming the setting that failed."""
+    for q in codec.qualities:
+        bar.set_postfix_str(f"{stem.name} {q:g}")
+        try:
+            coded = codec.run(source, q, stem.with_name(f"{stem.name}-q{q:g}{codec.suffix}"))
+        except classical.ToolFailure as exc:
+            raise classical.ToolFailure(f"{codec.setting} {q:g}: {exc}") from None
+        _record_round(record, image, coded.file_bytes, coded.rgb, coded.encoding_time, coded.decoding_time)
+        bar.update()
 
 
 def _classical_result(codec: classical.ClassicalCodec, per_image: dict[str, dict]) -> dict:

@@ -243,7 +243,10 @@ def test_a_failing_codec_is_dropped(tmp_path):
             raise classical.ToolFailure("broken on purpose")
 
     jpeg = classical.CODECS["jpeg"]
-    broken = Broken("broken", "broken-codec", "JPEG", "jpg", ".jpg", lambda q: {}, "quality", (1, 2, 3), 2)
+    broken = Broken(
+        key="broken", name="broken-codec", pil_format="JPEG", feature="jpg", suffix=".jpg", options=lambda q: {},
+        setting="quality", qualities=(1, 2, 3), bench_quality=2,
+    )
     image = write_png(tmp_path, "a.png", 32, 32)
     messages: list[str] = []
     results = ev.evaluate_classical([image], [broken, jpeg], progress=False, say=messages.append)
