@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed
 SAMPLE := samples/seeding.png
 DEMO := demo
 
-.PHONY: install demo test clean
+# Optional: Debian's command-line codecs that `ccacodec eval --compare` and `ccacodec bench` run
+# (cwebp/dwebp, cjxl/djxl, avifenc/avifdec, heif-enc/heif-convert). Uses sudo unless run as root.
+CODEC_PACKAGES := webp libjxl-tools libavif-bin libheif-examples
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install demo test codecs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+codecs:
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y $(CODEC_PACKAGES)
 
 clean:
 	rm -rf $(DEMO) build *.egg-info

@@ -574,3 +574,18 @@ def train_cmd(args: tuple[str, ...]) -> None:
         from . import train
 
     train.main(list(args), prog=f"{PROG} train")
+
+
+@cli.command(
+    "bench",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_cmd(args: tuple[str, ...]) -> None:
+    """Per-stage speed of encode and decode, beside classical codecs (see `ccacodec bench --help`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from . import bench
+
+    bench.main(list(args), prog=f"{PROG} bench")

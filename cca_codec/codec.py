@@ -28,6 +28,7 @@ from .errors import FormatError, ModelError, UsageError
 from .imageio import DecodedImage, SourceImage
 from .nn.context import anchor_mask
 from .nn.model import CCAModel
+from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, StageTimer, entropy_step
 
 ENTROPY_DTYPE = torch.float64
 DEFAULT_MAX_PIXELS = 1 << 28
@@ -102,24 +103,33 @@ def _gains(net: CCAModel, quality: float, device: torch.device) -> tuple[Tensor,
     return tuple(g.to(device) for g in gains)
 
 
-def _walk_slices(c: _Coding, latent_means: Tensor, latent_scales: Tensor, checkerboard: bool, code_step: CodeStep) -> Tensor:
+def _walk_slices(
+    c: _Coding, latent_means: Tensor, latent_scales: Tensor, checkerboard: bool, code_step: CodeStep, timer: StageTimer = NO_TIMER
+) -> Tensor:
     """Run the context model slice by slice; `code_step` codes (encoder) or decodes (decoder)
-    the symbols of each step. Returns y_hat (1, M, h, w) in float64."""
+    the symbols of each step. Returns y_hat (1, M, h, w) in float64. `timer` gets the
+    stages `entropy parameters <step>` (a slice's LRP in its last step) and `range coding`."""
     ctx = c.net.context
     y_hats: list[Tensor] = []
     anchors = anchor_mask(*latent_means.shape[-2:], device=latent_means.device)
+    code = timer.wrap(RANGE_CODING, code_step)
+    steps_per_slice = 2 if checkerboard else 1
     for i in range(len(ctx.sizes)):
-        mean_feat, scale_feat = ctx.stack_features(i, latent_means, latent_scales, y_hats)
-        mu, scale = ctx.parameters(i, mean_feat, scale_feat)
+        step = steps_per_slice * i + 1
+        with timer.stage(entropy_step(step)):
+            mean_feat, scale_feat = ctx.stack_features(i, latent_means, latent_scales, y_hats)
+            mu, scale = ctx.parameters(i, mean_feat, scale_feat)
         if checkerboard:
-            q_anchor = code_step(i, mu, scale, anchors)
-            spatial = ctx.spatial_context(i, q_anchor + mu)
-            mu_n, scale_n = ctx.parameters(i, mean_feat, scale_feat, spatial)
-            q_rest = code_step(i, mu_n, scale_n, ~anchors)
+            q_anchor = code(i, mu, scale, anchors)
+            with timer.stage(entropy_step(step + 1)):
+                spatial = ctx.spatial_context(i, q_anchor + mu)
+                mu_n, scale_n = ctx.parameters(i, mean_feat, scale_feat, spatial)
+            q_rest = code(i, mu_n, scale_n, ~anchors)
             y_hat = torch.where(anchors, q_anchor + mu, q_rest + mu_n)
         else:
-            y_hat = code_step(i, mu, scale, None) + mu
-        y_hats.append(ctx.refine(i, mean_feat, y_hat))
+            y_hat = code(i, mu, scale, None) + mu
+        with timer.stage(entropy_step(step + steps_per_slice - 1)):
+            y_hats.append(ctx.refine(i, mean_feat, y_hat))
     return torch.cat(y_hats, dim=1)
 
 
@@ -145,21 +155,24 @@ def _z_symbols_layout(z_shape: torch.Size) -> np.ndarray:
     return np.repeat(np.arange(ch, dtype=np.int64), h * w)
 
 
-def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool) -> tuple[bytes, int]:
+def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool, timer: StageTimer = NO_TIMER) -> tuple[bytes, int]:
     """x: (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 -> (stream, symbols CRC-32).
-    `gain_quality`: where the network's gains are evaluated (QualityNetwork.gain_quality)."""
+    `gain_quality`: where the network's gains are evaluated (QualityNetwork.gain_quality).
+    `timer` gets the stages g_a, hyperprior and those of `_walk_slices`."""
     net, dev = c.net, c.device
     g_y, _, g_z, g_z_inv = _gains(net, gain_quality, dev)
     enc = SymbolEncoder()
     with torch.inference_mode():
-        y = net.g_a(x.to(dev)) * g_y.float()
-        z = (net.h_a(y) * g_z.float()).to(ENTROPY_DTYPE)
-        if not (torch.isfinite(y).all() and torch.isfinite(z).all()):
-            raise ModelError("the network produced non-finite latents (broken weights?)")
-        medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
-        z_sym = torch.round(z - medians)
-        enc.encode(z_sym.cpu().numpy().reshape(-1), _z_symbols_layout(z.shape), c.z_tables)
-        latent_means, latent_scales = net.hyper_parameters(z_sym + medians, g_z_inv)
+        with timer.stage(G_A):
+            y = net.g_a(x.to(dev)) * g_y.float()
+        with timer.stage(HYPERPRIOR):
+            z = (net.h_a(y) * g_z.float()).to(ENTROPY_DTYPE)
+            if not (torch.isfinite(y).all() and torch.isfinite(z).all()):
+                raise ModelError("the network produced non-finite latents (broken weights?)")
+            medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
+            z_sym = torch.round(z - medians)
+            enc.encode(z_sym.cpu().numpy().reshape(-1), _z_symbols_layout(z.shape), c.z_tables)
+            latent_means, latent_scales = net.hyper_parameters(z_sym + medians, g_z_inv)
         y64 = y.to(ENTROPY_DTYPE)
         offsets = np.cumsum([0, *net.context.sizes])
 
@@ -172,31 +185,35 @@ def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool) 
             )
             return q if positions is None else q * positions
 
-        _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
+        _walk_slices(c, latent_means, latent_scales, checkerboard, code_step, timer)
     return enc.finish(), enc.crc32
 
 
-def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], gain_quality: float, checkerboard: bool) -> Tensor:
-    """Decode one tile's stream to x_hat (1, 3, H, W) float32 in [0, 1] (H, W multiples of 64)."""
+def decode_tile(
+    c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], gain_quality: float, checkerboard: bool, timer: StageTimer = NO_TIMER
+) -> Tensor:
+    """Decode one tile's stream to x_hat (1, 3, H, W) float32 in [0, 1] (H, W multiples of 64).
+    `timer` gets the stages hyperprior, those of `_walk_slices`, and g_s."""
     net, dev = c.net, c.device
     _, g_y_inv, _, g_z_inv = _gains(net, gain_quality, dev)
     dec = SymbolDecoder(stream)
     h, w = shape[0] // 64, shape[1] // 64
     z_shape = torch.Size((1, net.cfg.hyper_channels, h, w))
     with torch.inference_mode():
-        medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
-        z_sym = dec.decode(_z_symbols_layout(z_shape), c.z_tables)
-        z_hat = torch.from_numpy(z_sym).to(dev, ENTROPY_DTYPE).reshape(z_shape) + medians
-        latent_means, latent_scales = net.hyper_parameters(z_hat, g_z_inv)
+        with timer.stage(HYPERPRIOR):
+            medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
+            z_sym = dec.decode(_z_symbols_layout(z_shape), c.z_tables)
+            z_hat = torch.from_numpy(z_sym).to(dev, ENTROPY_DTYPE).reshape(z_shape) + medians
+            latent_means, latent_scales = net.hyper_parameters(z_hat, g_z_inv)
 
         def code_step(i: int, mu: Tensor, scale: Tensor, positions: Tensor | None) -> Tensor:
             values = dec.decode(c.scale_table.index(_select(scale, positions)), c.y_tables)
             return _place(torch.from_numpy(values).to(dev, ENTROPY_DTYPE), mu, positions)
 
-        y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
+        y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step, timer)
         if dec.crc32 != crc32:
             raise FormatError("decoded symbols fail their CRC-32: corrupt file, or a different model or coder")
-        with _thread_independent(dev):
+        with _thread_independent(dev), timer.stage(G_S):
             return net.g_s(y_hat.float() * g_y_inv.float()).clamp_(0, 1)
 
 
@@ -235,14 +252,16 @@ def encode_image(
     quality: float | None = None,
     context: str | None = None,
     device: str = "auto",
+    timer: StageTimer = NO_TIMER,
 ) -> bytes:
-    """Compress an image into `.cca` bytes."""
+    """Compress an image into `.cca` bytes. `timer` gets the coding stages and container write
+    (see cca_codec.timing)."""
     q = model.check_quality(model.default_quality if quality is None else quality)
     chosen = model.at_quality(q)
     mode = _check_context(chosen.net, context or default_context(model))
     c = _prepare(model, resolve_device(device), chosen)
     align = CCAModel.alignment
-    stream, crc = encode_tile(c, _pad(_to_tensor(image.rgb), align), chosen.gain_quality, mode == "checkerboard")
+    stream, crc = encode_tile(c, _pad(_to_tensor(image.rgb), align), chosen.gain_quality, mode == "checkerboard", timer)
     header = Header(
         width=image.width,
         height=image.height,
@@ -260,15 +279,16 @@ def encode_image(
         model_id=model.model_id,
         weights_sha256=chosen.weights_sha256,
     )
-    return write_container(
-        Container(
-            header=header,
-            tiles=(TilePayload(0, crc, stream),),
-            icc_profile=image.icc_profile,
-            exif=image.exif,
-            alpha=None if image.alpha is None else np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(),
+    with timer.stage(CONTAINER_WRITE):
+        return write_container(
+            Container(
+                header=header,
+                tiles=(TilePayload(0, crc, stream),),
+                icc_profile=image.icc_profile,
+                exif=image.exif,
+                alpha=None if image.alpha is None else np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(),
+            )
         )
-    )
 
 
 def check_model_matches(header: Header, model: LoadedModel) -> None:
@@ -289,9 +309,12 @@ def decode_image(
     *,
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    timer: StageTimer = NO_TIMER,
 ) -> DecodedImage:
-    """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded."""
-    container = read_container(data, max_pixels=max_pixels)
+    """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded.
+    `timer` gets container read and the decoding stages (see cca_codec.timing)."""
+    with timer.stage(CONTAINER_READ):
+        container = read_container(data, max_pixels=max_pixels)
     h = container.header
     if model is None:
         model = load_model(h.model_id)
@@ -310,7 +333,7 @@ def decode_image(
     align = CCAModel.alignment
     padded = (h.height + (-h.height) % align, h.width + (-h.width) % align)
     tile = container.tiles[0]
-    x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, padded, chosen.gain_quality, h.context_mode == "checkerboard")
+    x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, padded, chosen.gain_quality, h.context_mode == "checkerboard", timer)
     rgb = _to_rgb8(x_hat, h.height, h.width)
     alpha = None
     if container.alpha is not None:

@@ -2,6 +2,7 @@
 
     python -m cca_codec.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
         --context grouped,checkerboard --device cpu --limit N --out OUTDIR \\
+        --compare jpeg,jpeg420,webp,avif,jxl,heic \\
         --anchor FILE [--anchor FILE ...] [--plot rd.png]
 
 Every image of DIR (sorted by name; the first N with --limit) is encoded at every quality
@@ -18,6 +19,12 @@ Averages over images per quality follow the anchors (/work/shared/anchors/README
 bpp averaged over images, PSNR per image then averaged. One JSON file per context mode
 is written in CompressAI's results schema, and a markdown table of the averages and one
 of BD-rates against the anchors are printed to stdout.
+
+With --compare, classical codecs (cca_codec.classical) code the same images over their
+quality sweeps, measured the same way (no payload-only bpp): one more JSON file per codec.
+A codec whose tools are not installed is skipped with a one-line message. BD-rates of our
+curves against every compared codec and every anchor are printed and written to
+OUTDIR/bd-rate.json; the plot shows all the curves.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from . import classical
 from .bdrate import bd_psnr, bd_rate, load_curve
 from .checkpoint import LoadedModel, load_model
 from .codec import decode_image, default_context, encode_image
@@ -53,10 +61,16 @@ MS_SSIM_MIN_SIDE = 161
 RESULT_KEYS = ("quality", "bpp", "bpp-payload", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time")
 """Keys of a result's ``results`` object, each a list with one value per quality."""
 
+CLASSICAL_KEYS = tuple(key for key in RESULT_KEYS if key != "bpp-payload")
+"""Keys of a classical codec's ``results`` (its file has no container overhead to subtract)."""
+
+BD_FILE = "bd-rate.json"
+"""Name of the BD-rate table written next to the results."""
+
 _WARMUP_SIDE = 64
 
 
-def _output_rgb(decoded: DecodedImage) -> np.ndarray:
+def output_rgb(decoded: DecodedImage) -> np.ndarray:
     """(H, W, 3) uint8 pixels of the image as written out (gray: channel 0 replicated)."""
     if decoded.color_mode == "gray":
         return np.repeat(decoded.rgb[..., :1], 3, axis=2)
@@ -97,10 +111,25 @@ def _warm_up(image: SourceImage, model: LoadedModel, quality: float, context: st
     decode_image(encode_image(small, model, quality=quality, context=context, device=device), model, device=device)
 
 
-def _empty_record(image: SourceImage) -> dict:
-    """Per-image record: size, and one list per measure (filled in quality order)."""
+def _image_names(images: Sequence[Path]) -> list[str]:
+    """The file names of ``images``, which key the per-image results (UsageError: none, or duplicates)."""
+    if not images:
+        raise UsageError("no images to evaluate")
+    names = [Path(p).name for p in images]
+    if len(set(names)) != len(names):
+        raise UsageError("image file names must be unique (they key the per-image results)")
+    return names
+
+
+def _say(line: str) -> None:
+    """Print a line on stderr without breaking a progress bar."""
+    tqdm.write(line, file=sys.stderr)
+
+
+def _empty_record(image: SourceImage, keys: Sequence[str] = RESULT_KEYS) -> dict:
+    """Per-image record: size, and one list per measure of ``keys`` but quality (filled in quality order)."""
     record: dict = {"width": image.width, "height": image.height, "file_bytes": []}
-    record.update({key: [] for key in RESULT_KEYS[1:]})
+    record.update({key: [] for key in keys[1:]})
     return record
 
 
@@ -138,11 +167,7 @@ def evaluate(
             range, or an unknown context mode or one the model lacks.
         InputError: an image that cannot be read.
     """
-    if not images:
-        raise UsageError("no images to evaluate")
-    names = [Path(p).name for p in images]
-    if len(set(names)) != len(names):
-        raise UsageError("image file names must be unique (they key the per-image results)")
+    names = _image_names(images)
     if not contexts or len(set(contexts)) != len(contexts):
         raise UsageError(f"context modes must be given once each, got {contexts}")
     qs = _check_qualities(model, qualities)
@@ -179,33 +204,121 @@ def _measure(image: SourceImage, model: LoadedModel, quality: float, context: st
     decoded = decode_image(stored, model, device=device)
     decoding_time = time.perf_counter() - start
     overhead = container_overhead(read_container(stored))
-    output = _output_rgb(decoded)
+    record["bpp-payload"].append(bits_per_pixel(file_bytes - overhead, image.width, image.height))
+    _record_round(record, image, file_bytes, output_rgb(decoded), encoding_time, decoding_time)
+
+
+def _record_round(record: dict, image: SourceImage, file_bytes: int, output: np.ndarray, encoding_time: float, decoding_time: float) -> None:
+    """Append the measures every codec shares (file size, bpp, PSNR, MS-SSIM, times) to ``record``."""
     record["file_bytes"].append(file_bytes)
     record["bpp"].append(bits_per_pixel(file_bytes, image.width, image.height))
-    record["bpp-payload"].append(bits_per_pixel(file_bytes - overhead, image.width, image.height))
     record["psnr-rgb"].append(psnr(image.rgb, output))
     record["ms-ssim-rgb"].append(_ms_ssim(image.rgb, output))
     record["encoding_time"].append(encoding_time)
     record["decoding_time"].append(decoding_time)
 
 
-def _result(model: LoadedModel, context: str, qualities: list[float], per_image: dict[str, dict], device: str) -> dict:
-    """The CompressAI-schema result of one context mode from its per-image records."""
+def _averages(qualities: Sequence[float], per_image: dict[str, dict], keys: Sequence[str]) -> dict[str, list]:
+    """Per-quality means over the images of every measure in ``keys`` but quality (None ignored)."""
     records = list(per_image.values())
     averages: dict[str, list] = {"quality": list(qualities)}
-    for key in RESULT_KEYS[1:]:
+    for key in keys[1:]:
         averages[key] = [_mean([r[key][i] for r in records]) for i in range(len(qualities))]
+    return averages
+
+
+_MEASURES = (
+    "bpp = 8 * file bytes / (W * H) averaged over images; PSNR-RGB (dB, 8-bit, MAX 255) and MS-SSIM "
+    f"(RGB, data range 255, images of at least {MS_SSIM_MIN_SIDE} px a side) per image, then averaged; "
+    "times in seconds per image."
+)
+
+
+def _result(model: LoadedModel, context: str, qualities: list[float], per_image: dict[str, dict], device: str) -> dict:
+    """The CompressAI-schema result of one context mode from its per-image records."""
+    averages = _averages(qualities, per_image, RESULT_KEYS)
+    records = list(per_image.values())
     description = (
         f"ccacodec {__version__}, model {model.model_id} (weights sha256 {model.weights_sha256.hex()[:12]}), "
-        f"context {context}, device {device}, images: {len(records)}. bpp = 8 * .cca file bytes / (W * H) "
-        f"averaged over images; bpp-payload counts tile stream bytes only; PSNR-RGB (dB, 8-bit, MAX 255) "
-        f"and MS-SSIM (RGB, data range 255, images of at least {MS_SSIM_MIN_SIDE} px a side) per image, "
-        f"then averaged; times in seconds per image."
+        f"context {context}, device {device}, images: {len(records)}. {_MEASURES} "
+        f"bpp-payload counts tile stream bytes only."
     )
     return {
         "name": f"ccacodec-{model.model_id}-{context}",
         "description": description,
         "results": averages,
+        "per_image": per_image,
+    }
+
+
+def evaluate_classical(
+    images: list[Path],
+    codecs: Sequence[classical.ClassicalCodec],
+    progress: bool = True,
+    workdir: Path | None = None,
+    say: Callable[[str], None] = _say,
+) -> dict[str, dict]:
+    """Code every image with every classical codec over its sweep; measure as :func:`evaluate` does.
+
+    The codecs get the 8-bit RGB pixels our codec codes (a grayscale image as RGB, alpha
+    left out). Each compressed file is written (kept in ``workdir`` when given) and decoded
+    with the codec's own decoder. A codec that fails on an image is dropped with one line
+    through ``say``; the others go on.
+
+    Returns:
+        ``{codec key: result}`` in the schema of :func:`evaluate`'s results, with the keys
+        :data:`CLASSICAL_KEYS`; ``quality`` holds the codec's own settings (its ``setting``).
+
+    Raises:
+        UsageError: no images, or duplicate image file names.
+        InputError: an image that cannot be read.
+    """
+    names = _image_names(images)
+    per_image: dict[str, dict[str, dict]] = {codec.key: {} for codec in codecs}
+    dropped: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="cca-compare-") as tmp:
+        folder = Path(workdir) if workdir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        total = len(images) * sum(len(codec.qualities) for codec in codecs)
+        with tqdm(total=total, desc="compare", unit="code", file=sys.stderr, disable=not progress) as bar:
+            for index, (path, name) in enumerate(zip(images, names)):
+                image = load_image(path)
+                source = classical.write_source_png(image.rgb, Path(tmp) / "source.png")
+                for codec in [c for c in codecs if c.key not in dropped]:
+                    record = per_image[codec.key][name] = _empty_record(image, CLASSICAL_KEYS)
+                    try:
+                        _sweep(codec, source, image, folder / f"{index:04d}-{Path(name).stem}-{codec.key}", record, bar)
+                    except classical.ToolFailure as exc:
+                        say(f"{codec.key} dropped: {name}, {exc}")
+                        dropped.add(codec.key)
+    return {
+        codec.key: _classical_result(codec, per_image[codec.key]) for codec in codecs if codec.key not in dropped
+    }
+
+
+def _sweep(codec: classical.ClassicalCodec, source: classical.Source, image: SourceImage, stem: Path, record: dict, bar: tqdm) -> None:
+    """Code ``source`` at every setting of ``codec`` into ``<stem>-q<setting><suffix>``; append the
+    measures to ``record``. Raises ToolFailure naming the setting that failed."""
+    for q in codec.qualities:
+        bar.set_postfix_str(f"{stem.name} {q:g}")
+        try:
+            coded = codec.run(source, q, stem.with_name(f"{stem.name}-q{q:g}{codec.suffix}"))
+        except classical.ToolFailure as exc:
+            raise classical.ToolFailure(f"{codec.setting} {q:g}: {exc}") from None
+        _record_round(record, image, coded.file_bytes, coded.rgb, coded.encoding_time, coded.decoding_time)
+        bar.update()
+
+
+def _classical_result(codec: classical.ClassicalCodec, per_image: dict[str, dict]) -> dict:
+    """The CompressAI-schema result of a classical codec from its per-image records."""
+    description = (
+        f"{codec.version()}, {codec.setting} swept, images: {len(per_image)}. {_MEASURES} "
+        f"Times of command-line tools include starting the process."
+    )
+    return {
+        "name": codec.name,
+        "description": description,
+        "results": _averages(codec.qualities, per_image, CLASSICAL_KEYS),
         "per_image": per_image,
     }
 
@@ -225,23 +338,58 @@ def write_results(results: dict[str, dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def bd_table(results: dict[str, dict], anchor_paths: list[Path]) -> list[dict]:
-    """BD-rate and BD-PSNR of each of our curves (bpp, PSNR-RGB) against each anchor file.
+Curve = tuple[str, "str | None", list, list]
+"""A reference curve: (name, its file or None when measured in this run, bpp, PSNR-RGB in dB)."""
 
-    Returns one row per (context, anchor): ``{"context", "curve", "anchor" (its name),
-    "anchor_file", "bd_rate" (%, negative = we need fewer bits), "bd_psnr" (dB, positive =
-    we are better), "note"}``. Where a measure cannot be computed (the curves do not
-    overlap, or a curve has fewer than 3 points) its value is None and ``note`` says why.
+
+def reference_curves(anchor_paths: Sequence[Path], compared: dict[str, dict] | None = None) -> list[Curve]:
+    """The curves ours are compared with: the compared codecs' results, then the anchor files.
 
     Raises:
         ValueError, OSError: an anchor file that cannot be read as a results JSON.
     """
-    anchors = [(Path(p), *load_curve(p)) for p in anchor_paths]
+    measured: list[Curve] = [
+        (r["name"], None, r["results"]["bpp"], r["results"]["psnr-rgb"]) for r in (compared or {}).values()
+    ]
+    anchors: list[Curve] = []
+    for path in anchor_paths:
+        name, bpp, psnr_db = load_curve(path)
+        anchors.append((name, str(path), bpp, psnr_db))
+    return measured + anchors
+
+
+def write_bd_table(rows: list[dict], out_dir: Path) -> Path:
+    """Write the rows of :func:`bd_table` to ``out_dir/bd-rate.json``; returns its path."""
+    document = {
+        "description": "Bjontegaard delta rate (%, negative = our curve needs fewer bits) and delta PSNR "
+        "(dB, positive = our curve is better) of each of our curves against each reference curve, "
+        "on bpp and PSNR-RGB; anchor_file is null for codecs measured in the same run.",
+        "rows": rows,
+    }
+    path = Path(out_dir) / BD_FILE
+    atomic_write(path, (json.dumps(document, indent=2) + "\n").encode())
+    return path
+
+
+def bd_table(results: dict[str, dict], anchor_paths: Sequence[Path], compared: dict[str, dict] | None = None) -> list[dict]:
+    """BD-rate and BD-PSNR of each of our curves (bpp, PSNR-RGB) against each compared codec's
+    curve (:func:`evaluate_classical`) and each anchor file.
+
+    Returns one row per (context, reference): ``{"context", "curve", "anchor" (the reference
+    curve's name), "anchor_file" (None for a codec measured in this run), "bd_rate" (%,
+    negative = we need fewer bits), "bd_psnr" (dB, positive = we are better), "note"}``.
+    Where a measure cannot be computed (the curves do not overlap, or a curve has fewer
+    than 3 points) its value is None and ``note`` says why.
+
+    Raises:
+        ValueError, OSError: an anchor file that cannot be read as a results JSON.
+    """
+    references = reference_curves(anchor_paths, compared)
     rows = []
     for context, result in results.items():
         ours = (result["results"]["bpp"], result["results"]["psnr-rgb"])
-        for path, name, bpp, psnr_db in anchors:
-            row: dict = {"context": context, "curve": result["name"], "anchor": name, "anchor_file": str(path)}
+        for name, path, bpp, psnr_db in references:
+            row: dict = {"context": context, "curve": result["name"], "anchor": name, "anchor_file": path}
             notes = []
             for key, measure in (("bd_rate", bd_rate), ("bd_psnr", bd_psnr)):
                 try:
@@ -254,30 +402,32 @@ def bd_table(results: dict[str, dict], anchor_paths: list[Path]) -> list[dict]:
     return rows
 
 
-def plot_rd(results: dict[str, dict], anchor_paths: list[Path], path: Path) -> None:
+def plot_rd(results: dict[str, dict], anchor_paths: Sequence[Path], path: Path, compared: dict[str, dict] | None = None) -> None:
     """Save a rate-distortion plot (PNG, or any format matplotlib infers from ``path``).
 
-    x = bpp, y = PSNR-RGB (dB); our curves solid with markers, anchors dashed. The view
-    spans our bitrates (anchors clipped to it) so that our curves are not squeezed.
+    x = bpp, y = PSNR-RGB (dB); our curves solid with markers, compared codecs dash-dotted,
+    anchors dashed. The view spans our bitrates (the others clipped to it) so that our
+    curves are not squeezed.
     """
     from matplotlib.figure import Figure  # the optional "eval" extra; Figure draws with Agg, no pyplot state
 
     fig = Figure(figsize=(8, 6), dpi=120)
     ax = fig.subplots()
     ours = [(r["name"], r["results"]["bpp"], r["results"]["psnr-rgb"]) for r in results.values()]
-    anchors = [load_curve(p) for p in anchor_paths]
+    references = reference_curves(anchor_paths, compared)
     x_max = 1.15 * max(max(bpp) for _, bpp, _ in ours)
     visible: list[float] = []
     for name, bpp, psnr_db in ours:
         order = np.argsort(bpp)
         ax.plot(np.asarray(bpp)[order], np.asarray(psnr_db)[order], "-o", linewidth=2, label=name)
         visible.extend(psnr_db)
-    for name, bpp, psnr_db in anchors:
+    for name, source, bpp, psnr_db in references:
         order = np.argsort(bpp)
         x, y = np.asarray(bpp)[order], np.asarray(psnr_db)[order]
-        ax.plot(x, y, "--", marker=".", linewidth=1.2, label=name)
+        line, marker, size = ("--", ".", 6.0) if source is not None else ("-.", "s", 3.5)
+        ax.plot(x, y, line, marker=marker, markersize=size, linewidth=1.2, label=name)
         visible.extend(y[x <= x_max])
-        if x[0] <= x_max < x[-1]:  # where the dashed line leaves the view
+        if x[0] <= x_max < x[-1]:  # where the line leaves the view
             visible.append(float(np.interp(x_max, x, y)))
     finite = [p for p in visible if math.isfinite(p)]
     margin = 0.05 * (max(finite) - min(finite)) + 0.5
@@ -298,17 +448,19 @@ def _fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-    """The per-quality averages of every context mode as one markdown table."""
+def markdown_table(results: dict[str, dict], label: str = "context") -> str:
+    """The per-quality averages of every result (context mode, or compared codec: ``label``
+    names the first column) as one markdown table; payload bpp is n/a where not measured."""
     lines = [
-        "| context | quality | bpp | payload bpp | PSNR-RGB (dB) | MS-SSIM | enc (s) | dec (s) |",
+        f"| {label} | quality | bpp | payload bpp | PSNR-RGB (dB) | MS-SSIM | enc (s) | dec (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for context, result in results.items():
+    for key, result in results.items():
         r = result["results"]
+        payload = r.get("bpp-payload", [None] * len(r["quality"]))
         for i, q in enumerate(r["quality"]):
             lines.append(
-                f"| {context} | {q:g} | {_fmt(r['bpp'][i], 4)} | {_fmt(r['bpp-payload'][i], 4)} | "
+                f"| {key} | {q:g} | {_fmt(r['bpp'][i], 4)} | {_fmt(payload[i], 4)} | "
                 f"{_fmt(r['psnr-rgb'][i], 2)} | {_fmt(r['ms-ssim-rgb'][i], 4)} | "
                 f"{_fmt(r['encoding_time'][i], 3)} | {_fmt(r['decoding_time'][i], 3)} |"
             )
@@ -348,6 +500,10 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--out", type=Path, required=True, help="folder for the results JSON files")
+    p.add_argument(
+        "--compare", default=None, metavar="CODECS",
+        help=f"comma-separated classical codecs to run on the same images: {','.join(classical.CODECS)}",
+    )
     p.add_argument("--anchor", type=Path, action="extend", nargs="+", default=[], metavar="FILE", help="anchor results JSON (repeatable)")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write an RD plot here")
     p.add_argument("--workdir", type=Path, default=None, help="keep the .cca files here (default: a temporary folder)")
@@ -368,6 +524,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.eva
             except (OSError, ValueError) as exc:
                 raise UsageError(f"anchor {anchor}: {exc}") from None
         images = find_images(args.directory, args.limit)
+        codecs = classical.available(classical.resolve(_comma_list(args.compare or "")), lambda line: _say(f"{prog}: {line}"))
         model = load_model(args.model)
         try:
             qualities = [float(q) for q in _comma_list(args.qualities)] if args.qualities else [
@@ -377,13 +534,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.eva
             raise UsageError(f"--qualities must be comma-separated numbers, got {args.qualities!r}") from None
         contexts = _comma_list(args.context) if args.context else [default_context(model)]
         results = evaluate(images, model, qualities, contexts, device=args.device, progress=not args.no_progress, workdir=args.workdir)
-        written = write_results(results, args.out)
+        compared = evaluate_classical(
+            images, codecs, progress=not args.no_progress, workdir=args.workdir, say=lambda line: _say(f"{prog}: {line}")
+        ) if codecs else {}
+        written = write_results(results, args.out) + write_results(compared, args.out)
         print(markdown_table(results))
-        if args.anchor:
+        if compared:
             print()
-            print(markdown_bd_table(bd_table(results, args.anchor)))
+            print(markdown_table(compared, label="codec"))
+        if args.anchor or compared:
+            rows = bd_table(results, args.anchor, compared)
+            print()
+            print(markdown_bd_table(rows))
+            written.append(write_bd_table(rows, args.out))
         if args.plot is not None:
-            plot_rd(results, args.anchor, args.plot)
+            plot_rd(results, args.anchor, args.plot, compared)
             written.append(args.plot)
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)

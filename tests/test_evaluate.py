@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cca_codec import classical
 from cca_codec import evaluate as ev
 from cca_codec.checkpoint import in_memory_model
 from cca_codec.errors import UsageError
@@ -172,3 +173,82 @@ def test_command_line_reports_errors(tmp_path, capsys):
         ev.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == UsageError.exit_code
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_png(folder, "a.png", 64, 80, seed=1)
+    write_png(folder, "b.png", 48, 48, seed=2)
+    out = tmp_path / "out"
+    ev.main([
+        str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped",
+        "--compare", "jpeg,webp", "--out", str(out), "--plot", str(tmp_path / "rd.png"), "--no-progress",
+    ])
+    stdout = capsys.readouterr().out
+    assert "| codec | quality | bpp |" in stdout and "| jpeg | 50 |" in stdout
+    ours = json.loads((out / "ccacodec-test-tiny-grouped.json").read_text())
+    for key, name in (("jpeg", "jpeg-444-pillow"), ("webp", "webp-pillow")):
+        data = json.loads((out / f"{name}.json").read_text())
+        assert data["name"] == name and "Pillow" in data["description"]
+        r = data["results"]
+        assert set(r) == set(ev.CLASSICAL_KEYS)
+        assert r["quality"] == list(classical.CODECS[key].qualities)
+        assert all(len(r[k]) == len(r["quality"]) for k in ev.CLASSICAL_KEYS)
+        assert all(b > 0 for b in r["bpp"]) and all(math.isfinite(p) for p in r["psnr-rgb"])
+        assert sorted(data["per_image"]) == ["a.png", "b.png"]
+        record = data["per_image"]["a.png"]
+        assert record["bpp"] == pytest.approx([8 * n / (64 * 80) for n in record["file_bytes"]])
+        assert r["psnr-rgb"][-1] > r["psnr-rgb"][0]  # the sweep goes from low to high quality
+    bd = json.loads((out / ev.BD_FILE).read_text())
+    assert [(row["curve"], row["anchor"], row["anchor_file"]) for row in bd["rows"]] == [
+        (ours["name"], "jpeg-444-pillow", None), (ours["name"], "webp-pillow", None)
+    ]
+    assert "| ccacodec-test-tiny-grouped | jpeg-444-pillow |" in stdout
+    assert (tmp_path / "rd.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_compare_reports_a_missing_tool_and_runs_the_others(models_env, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_png(folder, "a.png", 40, 56, seed=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no avifenc, cjxl, heif-enc on this PATH
+    out = tmp_path / "out"
+    ev.main([
+        str(folder), "--model", "test-tiny", "--qualities", "1", "--context", "grouped",
+        "--compare", "jpeg420,avif,jxl", "--out", str(out), "--no-progress",
+    ])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "skipped" in line]
+    assert len(lines) == 2
+    assert "avif skipped: avifenc and avifdec not found on PATH" in lines[0] and "make codecs" in lines[0]
+    assert "jxl skipped: cjxl and djxl not found on PATH" in lines[1]
+    assert (out / "jpeg-420-pillow.json").is_file()
+    assert not list(out.glob("avif*")) and not list(out.glob("jxl*"))
+
+
+def test_compare_rejects_unknown_codecs(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_png(folder, "a.png", 32, 32)
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main([str(folder), "--compare", "jpeg,bpg", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == UsageError.exit_code
+    assert "unknown codec bpg" in capsys.readouterr().err
+
+
+def test_a_failing_codec_is_dropped(tmp_path):
+    class Broken(classical.PillowCodec):
+        def encode(self, source, quality, out):
+            raise classical.ToolFailure("broken on purpose")
+
+    jpeg = classical.CODECS["jpeg"]
+    broken = Broken(
+        key="broken", name="broken-codec", pil_format="JPEG", feature="jpg", suffix=".jpg", options=lambda q: {},
+        setting="quality", qualities=(1, 2, 3), bench_quality=2,
+    )
+    image = write_png(tmp_path, "a.png", 32, 32)
+    messages: list[str] = []
+    results = ev.evaluate_classical([image], [broken, jpeg], progress=False, say=messages.append)
+    assert list(results) == ["jpeg"]
+    assert messages == ["broken dropped: a.png, quality 1: broken on purpose"]

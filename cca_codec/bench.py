@@ -1,0 +1,391 @@
+"""Speed benchmark: per-stage timing of encode and decode, beside classical codecs on the same image.
+
+    ccacodec bench [IMAGE] [--model ID|DIR] [-q Q] [--context MODE] [--device auto|cpu|cuda]
+        [--threads 1,2] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
+
+IMAGE defaults to the bundled samples/seeding.png. One *run* per CPU thread count (``--threads``)
+and, when a GPU is present (``--device auto|cuda``), one on CUDA. A run does one untimed
+warm-up round (moving the network to the device, building the coding tables), then
+``--repeat`` timed rounds of the file-to-file path a user sees:
+
+* encode: read and convert the image, the codec's stages (cca_codec.timing), write the ``.cca``;
+* decode: read the ``.cca``, the codec's stages, write the PNG.
+
+Every stage is the median over the rounds in seconds (CUDA work synchronised at each stage
+boundary); ``other`` is what no stage covers (padding, tensor conversion, checks). Speed in
+megapixels per second = W * H / 10^6 / median total. Peak memory: the process's peak resident
+set during the run (``VmHWM``, reset before the run where Linux allows, else the peak of the
+whole process) and, on CUDA, ``torch.cuda.max_memory_allocated``. Model load time is that of
+``load_model`` (reading and checking the weights).
+
+The classical codecs (``--compare``, cca_codec.classical) code the same pixels at their
+benchmark setting, timed the same way (median of ``--repeat`` after a warm-up; command-line
+tools including their process start, with each tool's default threading), and the table
+prints how many times slower ccacodec is in each run. Markdown goes to stdout, progress to
+stderr, everything to ``--json FILE``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__, classical
+from .checkpoint import LoadedModel, load_model
+from .codec import decode_image, default_context, encode_image, resolve_device
+from .errors import CodecError, UsageError
+from .evaluate import output_rgb
+from .fileio import atomic_write, read_file
+from .imageio import DecodedImage, SourceImage, load_image, save_image
+from .metrics import bits_per_pixel, psnr
+from .timing import CONTAINER_READ, CONTAINER_WRITE, IMAGE_READ, IMAGE_WRITE, StageTimer, is_entropy_step, pipeline_order
+
+DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
+"""The bundled sample image (present in a source checkout)."""
+
+DEFAULT_COMPARE = "jpeg,webp,cwebp,jxl,avif"
+OTHER = "other"
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where one run executes: a device and, on the CPU, a thread count."""
+
+    device: torch.device
+    threads: int | None
+
+    @property
+    def label(self) -> str:
+        if self.device.type == "cuda":
+            return "cuda"
+        return f"cpu, {self.threads} thread{'s' if self.threads != 1 else ''}"
+
+
+@dataclass
+class _Round:
+    """One timed encode and decode: stage timers and wall totals (s), and what came out."""
+
+    encode: StageTimer
+    encode_s: float
+    decode: StageTimer
+    decode_s: float
+    image: SourceImage
+    file_bytes: int
+    decoded: DecodedImage
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _one_round(image_path: Path, model: LoadedModel, quality: float, context: str, device: torch.device, folder: Path) -> _Round:
+    """Encode ``image_path`` into ``folder/bench.cca`` and decode that into ``folder/bench.png``."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    cca_path, png_path = folder / "bench.cca", folder / "bench.png"
+    enc = StageTimer(sync)
+    start = time.perf_counter()
+    with enc.stage(IMAGE_READ):
+        image = load_image(image_path)
+    data = encode_image(image, model, quality=quality, context=context, device=device.type, timer=enc)
+    with enc.stage(CONTAINER_WRITE):
+        atomic_write(cca_path, data)
+    encode_s = time.perf_counter() - start
+    dec = StageTimer(sync)
+    start = time.perf_counter()
+    with dec.stage(CONTAINER_READ):
+        stored = read_file(cca_path)
+    decoded = decode_image(stored, model, device=device.type, timer=dec)
+    with dec.stage(IMAGE_WRITE):
+        save_image(decoded, str(png_path))
+    decode_s = time.perf_counter() - start
+    return _Round(enc, encode_s, dec, decode_s, image, len(data), decoded)
+
+
+def _median_stages(timers: list[StageTimer], totals: list[float], megapixels: float) -> dict:
+    """Median seconds of every stage, of ``other`` and of the total over the rounds; MP/s."""
+    stages = {name: statistics.median(t.seconds.get(name, 0.0) for t in timers) for name in timers[0].seconds}
+    other = statistics.median(total - sum(t.seconds.values()) for t, total in zip(timers, totals))
+    total = statistics.median(totals)
+    return {"stages": stages, "other_s": other, "total_s": total, "megapixels_per_s": megapixels / total}
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set of this process in MiB (VmHWM, else getrusage's ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def measure_run(image_path: Path, model: LoadedModel, quality: float, context: str, spec: RunSpec, repeat: int) -> dict:
+    """Time ``repeat`` rounds (after one warm-up) on ``spec``; see the module docstring for the measures.
+
+    Returns ``{"label", "device", "threads", "warm_up_s", "encode": {"stages": {name: s},
+    "other_s", "total_s", "megapixels_per_s"}, "decode": {...}, "peak_rss_mib", "peak_rss_scope"
+    ("run" or "process"), "cuda_peak_mib" (None on the CPU), "bpp", "psnr_rgb"}``.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads or previous_threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cca-bench-") as tmp:
+            start = time.perf_counter()
+            _one_round(image_path, model, quality, context, spec.device, Path(tmp))
+            warm_up_s = time.perf_counter() - start
+            scope = "run" if _reset_peak_rss() else "process"
+            if spec.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            rounds = [_one_round(image_path, model, quality, context, spec.device, Path(tmp)) for _ in range(repeat)]
+    finally:
+        torch.set_num_threads(previous_threads)
+    last = rounds[-1]
+    megapixels = last.image.width * last.image.height / 1e6
+    return {
+        "label": spec.label,
+        "device": spec.device.type,
+        "threads": spec.threads,
+        "warm_up_s": warm_up_s,
+        "encode": _median_stages([r.encode for r in rounds], [r.encode_s for r in rounds], megapixels),
+        "decode": _median_stages([r.decode for r in rounds], [r.decode_s for r in rounds], megapixels),
+        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_scope": scope,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / MIB if spec.device.type == "cuda" else None,
+        "bpp": bits_per_pixel(last.file_bytes, last.image.width, last.image.height),
+        "psnr_rgb": psnr(last.image.rgb, output_rgb(last.decoded)),
+    }
+
+
+def measure_classical(codec: classical.ClassicalCodec, image: SourceImage, repeat: int, runs: list[dict]) -> dict:
+    """Time ``codec`` at its benchmark setting (median of ``repeat`` after a warm-up), with
+    the ratio ccacodec time / codec time for each of our ``runs``."""
+    with tempfile.TemporaryDirectory(prefix="cca-bench-") as tmp:
+        source = classical.write_source_png(image.rgb, Path(tmp) / "source.png")
+        out = Path(tmp) / f"bench{codec.suffix}"
+        coded = [codec.run(source, codec.bench_quality, out) for _ in range(repeat + 1)][1:]
+    encode_s = statistics.median(c.encoding_time for c in coded)
+    decode_s = statistics.median(c.decoding_time for c in coded)
+    return {
+        "key": codec.key,
+        "name": codec.name,
+        "version": codec.version(),
+        "setting": f"{codec.setting} = {codec.bench_quality:g}",
+        "bpp": bits_per_pixel(coded[-1].file_bytes, image.width, image.height),
+        "psnr_rgb": psnr(image.rgb, coded[-1].rgb),
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "slower": {
+            run["label"]: {"encode": run["encode"]["total_s"] / encode_s, "decode": run["decode"]["total_s"] / decode_s}
+            for run in runs
+        },
+    }
+
+
+def run_specs(device: str, threads: Sequence[int]) -> list[RunSpec]:
+    """CPU runs with each thread count (unless ``device`` is cuda), and a CUDA run when one is
+    asked for or (``auto``) available. UsageError: cuda asked for without a GPU."""
+    if device == "cuda":
+        return [RunSpec(resolve_device("cuda"), None)]
+    specs = [RunSpec(torch.device("cpu"), n) for n in threads]
+    if device == "auto" and torch.cuda.is_available():
+        specs.append(RunSpec(torch.device("cuda"), None))
+    return specs
+
+
+def bench(
+    image_path: Path,
+    model_ref: str | None,
+    quality: float | None,
+    context: str | None,
+    specs: Sequence[RunSpec],
+    repeat: int,
+    codecs: Sequence[classical.ClassicalCodec],
+    say: Callable[[str], None] = _say,
+) -> dict:
+    """Run the whole benchmark; returns the JSON document (see :func:`measure_run`,
+    :func:`measure_classical`). A classical codec that fails is skipped with a message."""
+    if repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    image = load_image(image_path)
+    start = time.perf_counter()
+    model = load_model(model_ref)
+    model_load_s = time.perf_counter() - start
+    q = model.check_quality(model.default_quality if quality is None else quality)
+    mode = context or default_context(model)
+    runs = []
+    for spec in specs:
+        say(f"timing ccacodec, {spec.label} ...")
+        runs.append(measure_run(image_path, model, q, mode, spec, repeat))
+    compared, skipped = [], []
+    for codec in codecs:
+        say(f"timing {codec.key} ...")
+        try:
+            compared.append(measure_classical(codec, image, repeat, runs))
+        except classical.ToolFailure as exc:
+            skipped.append(f"{codec.key}: {exc}")
+            say(f"{codec.key} skipped: {exc}")
+    return {
+        "image": str(image_path),
+        "width": image.width,
+        "height": image.height,
+        "megapixels": image.width * image.height / 1e6,
+        "model": model.model_id,
+        "quality": q,
+        "context": mode,
+        "repeat": repeat,
+        "model_load_s": model_load_s,
+        "runs": runs,
+        "classical": compared,
+        "skipped": skipped,
+        "environment": _environment(),
+    }
+
+
+def _environment() -> dict:
+    """What the timings depend on: versions, CPU count, GPU name."""
+    return {
+        "ccacodec": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f}"
+
+
+def _stage_table(runs: list[dict], direction: str) -> list[str]:
+    """Rows: the stages of ``direction`` (encode/decode) in pipeline order, the entropy steps'
+    sum, other and total, in ms; a column per run."""
+    names = sorted({name for run in runs for name in run[direction]["stages"]}, key=pipeline_order)
+    lines = [f"| {direction} stage (ms) | " + " | ".join(r["label"] for r in runs) + " |"]
+    lines.append("|---|" + "---:|" * len(runs))
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_ms(r[direction]["stages"].get(name, 0.0)) for r in runs) + " |")
+    steps = [sum(s for name, s in r[direction]["stages"].items() if is_entropy_step(name)) for r in runs]
+    lines.append("| entropy parameters, all steps | " + " | ".join(_ms(s) for s in steps) + " |")
+    lines.append(f"| {OTHER} | " + " | ".join(_ms(r[direction]["other_s"]) for r in runs) + " |")
+    lines.append(f"| **total** | " + " | ".join(f"**{_ms(r[direction]['total_s'])}**" for r in runs) + " |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: a summary per run, encode and decode stages, classical codecs."""
+    runs = report["runs"]
+    lines = [
+        f"{report['image']}: {report['width']}x{report['height']} ({report['megapixels']:.2f} MP); model "
+        f"{report['model']}, quality {report['quality']:g}, {report['context']}: {runs[0]['bpp']:.3f} bpp, "
+        f"{runs[0]['psnr_rgb']:.2f} dB; median of {report['repeat']} after a warm-up; model load {report['model_load_s']:.2f} s",
+        "",
+        "| run | encode (s) | decode (s) | encode MP/s | decode MP/s | warm-up round (s) | peak RSS (MiB) | peak CUDA (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        cuda = "" if r["cuda_peak_mib"] is None else f"{r['cuda_peak_mib']:.0f}"
+        rss = f"{r['peak_rss_mib']:.0f}" + ("" if r["peak_rss_scope"] == "run" else " (process)")
+        lines.append(
+            f"| {r['label']} | {r['encode']['total_s']:.3f} | {r['decode']['total_s']:.3f} | "
+            f"{r['encode']['megapixels_per_s']:.3f} | {r['decode']['megapixels_per_s']:.3f} | "
+            f"{r['warm_up_s']:.2f} | {rss} | {cuda} |"
+        )
+    lines += ["", *_stage_table(runs, "encode"), "", *_stage_table(runs, "decode")]
+    if report["classical"]:
+        lines += [
+            "",
+            "| codec | setting | bpp | PSNR-RGB (dB) | encode (ms) | decode (ms) | "
+            + " | ".join(f"ccacodec {r['label']}: times slower (enc / dec)" for r in runs) + " |",
+            "|---|---|---:|---:|---:|---:|" + "---:|" * len(runs),
+        ]
+        for c in report["classical"]:
+            ratios = " | ".join(
+                f"{c['slower'][r['label']]['encode']:.0f}x / {c['slower'][r['label']]['decode']:.0f}x" for r in runs
+            )
+            lines.append(
+                f"| {c['key']} ({c['version']}) | {c['setting']} | {c['bpp']:.3f} | {c['psnr_rgb']:.2f} | "
+                f"{_ms(c['encode_s'])} | {_ms(c['decode_s'])} | {ratios} |"
+            )
+    return "\n".join(lines)
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--threads must be comma-separated integers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--threads needs thread counts of at least 1, got {text!r}")
+    return counts
+
+
+def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", type=Path, nargs="?", default=None, metavar="IMAGE", help="image to time (default: the bundled samples/seeding.png)")
+    p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
+    p.add_argument("-q", "--quality", type=float, default=None, help="quality (default: the model's)")
+    p.add_argument("--context", default=None, choices=["grouped", "checkerboard"], help="context mode (default: the model's)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the CPU runs, plus CUDA when present; cpu: the CPU runs; cuda: the CUDA run only (default: auto)")
+    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts, one run each (default: 1,2)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N", help="timed rounds per run, the median is reported (default: 3)")
+    p.add_argument(
+        "--compare", default=DEFAULT_COMPARE, metavar="CODECS",
+        help=f"comma-separated classical codecs to time on the same image, '' for none (default: {DEFAULT_COMPARE}; "
+        f"available: {','.join(classical.CODECS)})",
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the full report as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.bench") -> None:
+    """Command-line entry point; errors become one line on stderr and the error's exit code."""
+    args = _parse_args(argv, prog)
+    try:
+        image = args.image or DEFAULT_IMAGE
+        if args.image is None and not DEFAULT_IMAGE.is_file():
+            raise UsageError(f"the bundled sample {DEFAULT_IMAGE} is not installed; give an IMAGE")
+        specs = run_specs(args.device, _thread_counts(args.threads))
+        codecs = classical.available(
+            classical.resolve([key.strip() for key in args.compare.split(",") if key.strip()]), lambda line: _say(f"{prog}: {line}")
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            report = bench(image, args.model, args.quality, args.context, specs, args.repeat, codecs)
+        if args.json is not None:
+            atomic_write(args.json, (json.dumps(report, indent=2) + "\n").encode())
+    except CodecError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    print(markdown(report))
+    if args.json is not None:
+        _say(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

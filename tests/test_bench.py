@@ -1,0 +1,112 @@
+"""ccacodec bench on the tiny test model, and the stage timer of the codec paths."""
+import json
+
+import pytest
+
+from cca_codec import bench, classical
+from cca_codec.checkpoint import in_memory_model
+from cca_codec.codec import decode_image, encode_image
+from cca_codec.errors import UsageError
+from cca_codec.imageio import load_image
+from cca_codec.timing import NO_TIMER, StageTimer, entropy_step
+
+ENCODE_CODEC_STAGES = ["g_a", "hyperprior"]
+DECODE_CODEC_STAGES = ["container read", "hyperprior"]
+
+
+def steps(count: int) -> set[str]:
+    return {entropy_step(k) for k in range(1, count + 1)}
+
+
+@pytest.mark.parametrize("context, count", [("grouped", 5), ("checkerboard", 10)])
+def test_codec_reports_every_stage_and_codes_the_same_bytes(make_image, context, count):
+    model = in_memory_model("cca-tiny", model_id="bench-tiny")
+    image = load_image(make_image(48, 80))
+    enc, dec = StageTimer(), StageTimer()
+    data = encode_image(image, model, quality=3, context=context, device="cpu", timer=enc)
+    assert data == encode_image(image, model, quality=3, context=context, device="cpu")
+    assert set(enc.seconds) == {"g_a", "hyperprior", "range coding", "container write"} | steps(count)
+    decoded = decode_image(data, model, device="cpu", timer=dec)
+    assert (decoded.rgb == decode_image(data, model, device="cpu").rgb).all()
+    assert set(dec.seconds) == {"container read", "hyperprior", "range coding", "g_s"} | steps(count)
+    assert all(s >= 0 for s in [*enc.seconds.values(), *dec.seconds.values()])
+
+
+def test_no_timer_records_nothing():
+    with NO_TIMER.stage("g_a"):
+        pass
+    assert NO_TIMER.wrap("range coding", len)([1, 2]) == 2
+    assert NO_TIMER.seconds == {}
+
+
+def test_stage_timer_accumulates_and_syncs():
+    calls = []
+    timer = StageTimer(sync=lambda: calls.append(1))
+    for _ in range(3):
+        timer.wrap("range coding", lambda: None)()
+    assert list(timer.seconds) == ["range coding"] and len(calls) == 6
+
+
+def test_bench_command_writes_every_stage(models_env, make_image, tmp_path, capsys):
+    image = make_image(64, 96)
+    out = tmp_path / "bench.json"
+    bench.main([
+        str(image), "--model", "test-tiny", "--context", "checkerboard", "--device", "cpu", "--threads", "1,2",
+        "--repeat", "1", "--compare", "jpeg,webp", "--json", str(out),
+    ])
+    stdout = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["width"] == 96 and report["height"] == 64 and report["model"] == "test-tiny"
+    assert report["model_load_s"] > 0 and report["repeat"] == 1
+    assert [r["label"] for r in report["runs"]] == ["cpu, 1 thread", "cpu, 2 threads"]
+    for run in report["runs"]:
+        assert set(run["encode"]["stages"]) == {"image read", "g_a", "hyperprior", "range coding", "container write"} | steps(10)
+        assert set(run["decode"]["stages"]) == {"container read", "hyperprior", "range coding", "g_s", "image write"} | steps(10)
+        for direction in ("encode", "decode"):
+            d = run[direction]
+            assert d["total_s"] >= sum(d["stages"].values()) > 0
+            assert d["megapixels_per_s"] == pytest.approx(96 * 64 / 1e6 / d["total_s"])
+        assert run["peak_rss_mib"] > 0 and run["cuda_peak_mib"] is None
+        assert run["bpp"] > 0 and run["psnr_rgb"] > 0
+    assert [c["key"] for c in report["classical"]] == ["jpeg", "webp"]
+    for c in report["classical"]:
+        assert c["encode_s"] > 0 and c["decode_s"] > 0 and c["bpp"] > 0
+        assert set(c["slower"]) == {"cpu, 1 thread", "cpu, 2 threads"}
+    assert "| encode stage (ms) | cpu, 1 thread | cpu, 2 threads |" in stdout
+    assert "| entropy parameters 10 |" in stdout and "| g_s |" in stdout
+    assert "| jpeg (Pillow" in stdout
+
+
+def test_bench_skips_missing_tools(models_env, make_image, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    bench.main([str(make_image(64, 64)), "--model", "test-tiny", "--device", "cpu", "--threads", "1", "--repeat", "1", "--compare", "cwebp,jpeg"])
+    captured = capsys.readouterr()
+    assert "cwebp skipped: cwebp and dwebp not found on PATH" in captured.err
+    assert "| jpeg (Pillow" in captured.out and "| cwebp" not in captured.out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "at least 1"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--compare", "png"], "unknown codec png"),
+])
+def test_bench_usage_errors(models_env, make_image, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(make_image(64, 64)), "--model", "test-tiny", "--device", "cpu", *args])
+    assert exit_info.value.code == UsageError.exit_code
+    assert message in capsys.readouterr().err
+
+
+def test_classical_registry_is_consistent():
+    for key, codec in classical.CODECS.items():
+        assert codec.key == key and codec.qualities and codec.name
+
+
+def test_ccacodec_bench_subcommand_passes_its_arguments(make_image):
+    from click.testing import CliRunner
+
+    from cca_codec.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", str(make_image(64, 64)), "--threads", "two"])
+    assert result.exit_code == UsageError.exit_code
+    assert result.output.strip().splitlines() == ["ccacodec bench: error: --threads must be comma-separated integers, got 'two'"]
