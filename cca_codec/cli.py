@@ -41,7 +41,7 @@ import click
 from tqdm import tqdm
 
 from . import __version__
-from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container, read_header
+from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container
 from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError
 from .fileio import STDOUT, read_file, write_output
 
@@ -507,7 +507,8 @@ def decode(
     def work(src: str, dst: str) -> None:
         _check_not_exists(dst, no_overwrite)
         data = _read_bytes(src)
-        loaded = model_for(read_header(data, max_pixels=max_pixels).model_id)
+        # The whole container is checked first: a corrupt file is exit 4 before a model is looked for.
+        loaded = model_for(read_container(data, max_pixels=max_pixels).header.model_id)
         start = time.perf_counter()
         image = codec.decode_image(data, loaded, device=device, max_pixels=max_pixels)
         seconds = time.perf_counter() - start
