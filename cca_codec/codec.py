@@ -190,13 +190,14 @@ def decode_tile(c: _Coding, stream: bytes, crc32: int, shape: tuple[int, int], g
         latent_means, latent_scales = net.hyper_parameters(z_hat, g_z_inv)
 
         def code_step(i: int, mu: Tensor, scale: Tensor, positions: Tensor | None) -> Tensor:
-            values = dec.decode(c.scale_table.index(_select(scale, positions)), c.y_tables)
+            try:
+                table_index = c.scale_table.index(_select(scale, positions))
+            except ValueError as exc:  # a non-finite scale: only corrupt symbols can lead there
+                raise FormatError(f"corrupt payload: {exc}") from None
+            values = dec.decode(table_index, c.y_tables)
             return _place(torch.from_numpy(values).to(dev, ENTROPY_DTYPE), mu, positions)
 
-        try:
-            y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
-        except ValueError as exc:  # a non-finite scale: only corrupt symbols can lead there
-            raise FormatError(f"corrupt payload: {exc}") from None
+        y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step)
         if dec.crc32 != crc32:
             raise FormatError("decoded symbols fail their CRC-32: corrupt file, or a different model or coder")
         with _thread_independent(dev):
