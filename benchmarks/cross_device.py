@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "cross_device.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"| files | decoded exactly on GPU | on CPU 1 thread | on CPU 2 threads | max pixel diff GPU vs CPU |")
+    print("| files | decoded exactly on GPU | on CPU 1 thread | on CPU 2 threads | max pixel diff GPU vs CPU |")
     print("|---|---|---|---|---|")
     print(f"| {len(records)} | {exact['gpu']} | {exact['cpu1']} | {exact['cpu2']} | {max_diff} |")
     print("\n| entropy-parameter path (768x512) | seconds |\n|---|---|")

@@ -293,7 +293,7 @@ def _stage_table(runs: list[dict], direction: str) -> list[str]:
     steps = [sum(s for name, s in r[direction]["stages"].items() if is_entropy_step(name)) for r in runs]
     lines.append("| entropy parameters, all steps | " + " | ".join(_ms(s) for s in steps) + " |")
     lines.append(f"| {OTHER} | " + " | ".join(_ms(r[direction]["other_s"]) for r in runs) + " |")
-    lines.append(f"| **total** | " + " | ".join(f"**{_ms(r[direction]['total_s'])}**" for r in runs) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{_ms(r[direction]['total_s'])}**" for r in runs) + " |")
     return lines
 
 

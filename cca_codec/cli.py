@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -39,7 +41,7 @@ import click
 from tqdm import tqdm
 
 from . import __version__
-from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container, read_header
+from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container
 from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError
 from .fileio import STDOUT, read_file, write_output
 
@@ -244,27 +246,105 @@ def _check_not_exists(path: str, no_overwrite: bool) -> None:
         raise InputError(f"{path} exists (--no-overwrite)")
 
 
-def _run_jobs(jobs: list[Job], work: Callable[[str, str], None], quiet: bool) -> int:
+def _run_jobs(jobs: list[Job], work: Callable[[str, str], None], quiet: bool, processes: int = 1) -> int:
     """Run ``work(src, dst)`` for every job; return the exit code of the first failure, or 0.
 
     A failing file is reported and the next one is processed; a ``UsageError`` (an option
     that cannot work for any file) and ``KeyboardInterrupt`` stop the run. With several
-    inputs, a progress bar (on a terminal) and a summary line go to stderr.
+    inputs, a progress bar (on a terminal) and a summary line go to stderr. With
+    ``processes`` > 1 (``--jobs``), each file is handled by a child ``ccacodec`` process
+    (see :func:`_run_children`) instead of ``work``.
     """
-    first_code, failed = EXIT_OK, 0
     hide_bar = quiet or len(jobs) < 2 or not sys.stderr.isatty()
-    for src, dst in tqdm(jobs, disable=hide_bar, file=sys.stderr, unit="file", leave=False):
-        try:
-            work(src, dst)
-        except UsageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported, then the next file is processed
-            code = _report(exc, _in_label(src))
-            failed += 1
-            first_code = first_code or code
+    with tqdm(total=len(jobs), disable=hide_bar, file=sys.stderr, unit="file", leave=False) as bar:
+        if processes > 1 and len(jobs) > 1:
+            codes = _run_children(jobs, processes, bar)
+        else:
+            codes = []
+            for src, dst in jobs:
+                codes.append(_run_one(work, src, dst))
+                bar.update()
+    failed = sum(code != EXIT_OK for code in codes)
     if len(jobs) > 1 and (failed or not quiet):
         _say(f"{len(jobs)} files, {failed} failed")
-    return first_code
+    return next((code for code in codes if code != EXIT_OK), EXIT_OK)
+
+
+def _run_one(work: Callable[[str, str], None], src: str, dst: str) -> int:
+    """``work(src, dst)``; a failure other than a ``UsageError`` is reported and becomes its exit code."""
+    try:
+        work(src, dst)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported, then the next file is processed
+        return _report(exc, _in_label(src))
+    return EXIT_OK
+
+
+def _run_children(jobs: list[Job], processes: int, bar: tqdm) -> list[int]:
+    """Run each job as ``ccacodec <this command and its options> SRC -o DST`` in up to
+    ``processes`` child processes at a time; return their exit codes in job order.
+
+    The children write their own messages (and JSON) to the inherited stderr (stdout). A
+    child that exits with a usage error or 130 stops the run; on Ctrl-C the children get
+    SIGINT too, and each removes its temporary file.
+    """
+    ctx = click.get_current_context()
+    options = _option_args(ctx, processes)
+    codes: dict[int, int] = {}
+    running: dict[subprocess.Popen, int] = {}
+    pending = list(enumerate(jobs))
+    try:
+        while pending or running:
+            while pending and len(running) < processes:
+                index, (src, dst) = pending.pop(0)
+                command = [sys.executable, "-m", "cca_codec", ctx.info_name, src, "-o", dst, *options]
+                running[subprocess.Popen(command, stdin=subprocess.DEVNULL)] = index
+            finished = _wait_any(running)
+            codes[running.pop(finished)] = finished.returncode
+            bar.update()
+            if finished.returncode in (UsageError.exit_code, EXIT_INTERRUPTED):
+                pending.clear()
+    except BaseException:
+        for child in running:
+            child.send_signal(signal.SIGINT)
+        for child in running:
+            child.wait()
+        raise
+    if EXIT_INTERRUPTED in codes.values():
+        raise KeyboardInterrupt
+    if UsageError.exit_code in codes.values():
+        ctx.exit(UsageError.exit_code)
+    return [codes[i] for i in sorted(codes)]
+
+
+def _wait_any(running: dict[subprocess.Popen, int]) -> subprocess.Popen:
+    """Block until one of the ``running`` children exits; return it (its returncode set)."""
+    while True:
+        for child in running:
+            if child.poll() is not None:
+                return child
+        time.sleep(0.05)
+
+
+def _option_args(ctx: click.Context, processes: int) -> list[str]:
+    """The options of the running command as arguments for one child process per file.
+
+    Inputs, ``-o``/``-d`` and ``--jobs`` are left out; without ``--threads``, each child
+    gets an equal share of the CPU cores.
+    """
+    args: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in ("output", "output_dir", "jobs"):
+            continue
+        value = ctx.params[param.name]
+        if value is None or value is False:
+            continue
+        flag = max(param.opts, key=len)
+        args += [flag] if param.is_flag else [flag, str(value)]
+    if ctx.params.get("threads") is None:
+        args += ["--threads", str(max(1, (os.cpu_count() or 1) // processes))]
+    return args
 
 
 _output_option = click.option(
@@ -286,6 +366,14 @@ _threads_option = click.option(
 )
 _no_overwrite_option = click.option("--no-overwrite", is_flag=True, help="Fail instead of replacing an existing output.")
 _quiet_option = click.option("--quiet", is_flag=True, help="No statistics, notes or progress bar on stderr.")
+_jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Files processed at the same time, each in its own process (default: one after the other).",
+)
+_max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
+    help="Refuse images whose width*height exceeds N (decompression-bomb guard).",
+)
 
 
 # ------------------------------------------------------------------------------ encode
@@ -297,9 +385,15 @@ _quiet_option = click.option("--quiet", is_flag=True, help="No statistics, notes
 @_output_dir_option
 @click.option("-q", "--quality", type=float, help="Quality, 1 .. number of the model's qualities (may be fractional); default: the model's.")
 @click.option("--context", type=click.Choice(CONTEXT_MODES), help="Context mode; default: checkerboard when the model has a spatial context.")
+@click.option(
+    "--tile", type=click.IntRange(min=0), metavar="N",
+    help="Code in tiles of NxN pixels (a multiple of 64; 0: one tile); default: tiles of 1024 above 2.1 megapixels.",
+)
 @_model_option
 @_device_option
 @_threads_option
+@_jobs_option
+@_max_pixels_option
 @_no_overwrite_option
 @_quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
@@ -309,9 +403,12 @@ def encode(
     output_dir: str | None,
     quality: float | None,
     context: str | None,
+    tile: int | None,
     model: str | None,
     device: str,
     threads: int | None,
+    jobs: int,
+    max_pixels: int,
     no_overwrite: bool,
     quiet: bool,
     as_json: bool,
@@ -323,7 +420,7 @@ def encode(
     """
     if as_json and output == STDOUT:
         raise click.UsageError("--json cannot be combined with -o - (standard output carries the .cca data)")
-    jobs = _plan_jobs(inputs, output, output_dir, ".cca")
+    planned = _plan_jobs(inputs, output, output_dir, ".cca")
     _set_threads(threads)
     checkpoint, codec = _torch_modules()
     from .imageio import load_image
@@ -336,9 +433,9 @@ def encode(
 
     def work(src: str, dst: str) -> None:
         _check_not_exists(dst, no_overwrite)
-        image = load_image(_read_bytes(src) if src == STDIN else src)
+        image = load_image(_read_bytes(src) if src == STDIN else src, max_pixels=max_pixels)
         start = time.perf_counter()
-        data = codec.encode_image(image, loaded, quality=q, context=mode, device=device)
+        data = codec.encode_image(image, loaded, quality=q, context=mode, device=device, tile=tile)
         seconds = time.perf_counter() - start
         write_output(dst, data, overwrite=not no_overwrite)
         bpp = 8 * len(data) / (image.width * image.height)
@@ -354,7 +451,7 @@ def encode(
             }
             click.echo(json.dumps(record))
 
-    click.get_current_context().exit(_run_jobs(jobs, work, quiet))
+    click.get_current_context().exit(_run_jobs(planned, work, quiet, jobs))
 
 
 # ------------------------------------------------------------------------------ decode
@@ -367,12 +464,10 @@ def encode(
 @_model_option
 @_device_option
 @_threads_option
+@_jobs_option
+@_max_pixels_option
 @_no_overwrite_option
 @_quiet_option
-@click.option(
-    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
-    help="Refuse files whose width*height exceeds N (decompression-bomb guard).",
-)
 def decode(
     inputs: tuple[str, ...],
     output: str | None,
@@ -380,9 +475,10 @@ def decode(
     model: str | None,
     device: str,
     threads: int | None,
+    jobs: int,
+    max_pixels: int,
     no_overwrite: bool,
     quiet: bool,
-    max_pixels: int,
 ) -> None:
     """Decompress .cca files to images.
 
@@ -390,7 +486,7 @@ def decode(
     output (.png by default; .bmp .ppm .tif .tiff .webp). The model named in each file is
     used unless --model is given, which must then be the model the file was made with.
     """
-    jobs = _plan_jobs(inputs, output, output_dir, ".png")
+    planned = _plan_jobs(inputs, output, output_dir, ".png")
     _set_threads(threads)
     checkpoint, codec = _torch_modules()
     from .imageio import save_image
@@ -411,7 +507,8 @@ def decode(
     def work(src: str, dst: str) -> None:
         _check_not_exists(dst, no_overwrite)
         data = _read_bytes(src)
-        loaded = model_for(read_header(data, max_pixels=max_pixels).model_id)
+        # The whole container is checked first: a corrupt file is exit 4 before a model is looked for.
+        loaded = model_for(read_container(data, max_pixels=max_pixels).header.model_id)
         start = time.perf_counter()
         image = codec.decode_image(data, loaded, device=device, max_pixels=max_pixels)
         seconds = time.perf_counter() - start
@@ -420,7 +517,7 @@ def decode(
             height, width = image.rgb.shape[:2]
             _say(f"{_in_label(src)} -> {_out_label(dst)}: {width}x{height}, {seconds:.2f} s")
 
-    click.get_current_context().exit(_run_jobs(jobs, work, quiet))
+    click.get_current_context().exit(_run_jobs(planned, work, quiet, jobs))
 
 
 # -------------------------------------------------------------------------------- info

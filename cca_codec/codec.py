@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoint import LoadedModel, QualityNetwork, load_model
-from .container import CONTEXT_MODES, Container, Header, TilePayload, read_container, write_container
+from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, Container, Header, TilePayload, read_container, write_container
 from .entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
 from .entropy.tables import CDFTables, ScaleTable
 from .errors import FormatError, ModelError, UsageError
@@ -29,9 +29,9 @@ from .imageio import DecodedImage, SourceImage
 from .nn.context import anchor_mask
 from .nn.model import CCAModel
 from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, StageTimer, entropy_step
+from .tiling import BlendAssembler, TileLayout, choose_layout
 
 ENTROPY_DTYPE = torch.float64
-DEFAULT_MAX_PIXELS = 1 << 28
 
 # code_step(slice index, mean, scale, positions mask or None) -> symbols (float64, same shape as mean)
 CodeStep = Callable[[int, Tensor, Tensor, "Tensor | None"], Tensor]
@@ -207,7 +207,11 @@ def decode_tile(
             latent_means, latent_scales = net.hyper_parameters(z_hat, g_z_inv)
 
         def code_step(i: int, mu: Tensor, scale: Tensor, positions: Tensor | None) -> Tensor:
-            values = dec.decode(c.scale_table.index(_select(scale, positions)), c.y_tables)
+            try:
+                table_index = c.scale_table.index(_select(scale, positions))
+            except ValueError as exc:  # a non-finite scale: only corrupt symbols can lead there
+                raise FormatError(f"corrupt payload: {exc}") from None
+            values = dec.decode(table_index, c.y_tables)
             return _place(torch.from_numpy(values).to(dev, ENTROPY_DTYPE), mu, positions)
 
         y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step, timer)
@@ -240,9 +244,20 @@ def _to_tensor(rgb: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def _to_rgb8(x: Tensor, height: int, width: int) -> np.ndarray:
-    x = x[0, :, :height, :width].mul(255.0).round_().clamp_(0, 255)
-    return x.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def _to_hwc(x: Tensor, height: int, width: int) -> np.ndarray:
+    """The top-left height x width pixels of (1, 3, H, W) as (height, width, 3) float32 in [0, 1]."""
+    return x[0, :, :height, :width].permute(1, 2, 0).float().cpu().numpy()
+
+
+def _span(region: tuple[slice, slice]) -> tuple[int, int]:
+    """(height, width) of a region of the image."""
+    rows, cols = region
+    return rows.stop - rows.start, cols.stop - cols.start
+
+
+def _padded(size: tuple[int, int], align: int) -> tuple[int, int]:
+    """`size` rounded up to multiples of `align`."""
+    return size[0] + (-size[0]) % align, size[1] + (-size[1]) % align
 
 
 def encode_image(
@@ -252,16 +267,31 @@ def encode_image(
     quality: float | None = None,
     context: str | None = None,
     device: str = "auto",
+    tile: int | None = None,
     timer: StageTimer = NO_TIMER,
 ) -> bytes:
-    """Compress an image into `.cca` bytes. `timer` gets the coding stages and container write
-    (see cca_codec.timing)."""
+    """Compress an image into `.cca` bytes.
+
+    `tile`: core tile size in pixels (a multiple of 64), 0 for one tile, None to tile images
+    over `tiling.AUTO_TILE_PIXELS` automatically. Tiles are coded one at a time, each over its
+    core plus an overlap (see cca_codec.tiling), so memory is bounded by the tile size.
+    `timer` gets the coding stages and container write (see cca_codec.timing).
+    """
     q = model.check_quality(model.default_quality if quality is None else quality)
     chosen = model.at_quality(q)
     mode = _check_context(chosen.net, context or default_context(model))
-    c = _prepare(model, resolve_device(device), chosen)
     align = CCAModel.alignment
-    stream, crc = encode_tile(c, _pad(_to_tensor(image.rgb), align), chosen.gain_quality, mode == "checkerboard", timer)
+    try:
+        layout = choose_layout(image.height, image.width, tile, align)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    c = _prepare(model, resolve_device(device), chosen)
+    tiles = []
+    for index in range(layout.count):
+        region = layout.extent(index)
+        x = _pad(_to_tensor(image.rgb[region]), align)
+        stream, crc = encode_tile(c, x, chosen.gain_quality, mode == "checkerboard", timer)
+        tiles.append(TilePayload(index, crc, stream))
     header = Header(
         width=image.width,
         height=image.height,
@@ -271,9 +301,9 @@ def encode_image(
         context_mode=mode,
         quality=q,
         lam=model.lam(q),
-        tile_width=image.width,
-        tile_height=image.height,
-        tile_overlap=0,
+        tile_width=layout.tile_width,
+        tile_height=layout.tile_height,
+        tile_overlap=layout.overlap,
         latent_align=align,
         coder_version=CODER_VERSION,
         model_id=model.model_id,
@@ -283,7 +313,7 @@ def encode_image(
         return write_container(
             Container(
                 header=header,
-                tiles=(TilePayload(0, crc, stream),),
+                tiles=tuple(tiles),
                 icc_profile=image.icc_profile,
                 exif=image.exif,
                 alpha=None if image.alpha is None else np.ascontiguousarray(image.alpha, dtype=np.uint8).tobytes(),
@@ -312,15 +342,17 @@ def decode_image(
     timer: StageTimer = NO_TIMER,
 ) -> DecodedImage:
     """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded.
-    `timer` gets container read and the decoding stages (see cca_codec.timing)."""
+    `timer` gets container read and the decoding stages (see cca_codec.timing).
+
+    `max_pixels` bounds width * height (checked from the header before anything is allocated).
+    Tiles are decoded one at a time and blended into a uint8 image.
+    """
     with timer.stage(CONTAINER_READ):
         container = read_container(data, max_pixels=max_pixels)
     h = container.header
     if model is None:
         model = load_model(h.model_id)
     check_model_matches(h, model)
-    if h.tile_width != h.width or h.tile_height != h.height or len(container.tiles) != 1:
-        raise FormatError("tiled files are not supported by this version")
     if h.latent_align != CCAModel.alignment:
         raise FormatError(f"unsupported latent alignment {h.latent_align}")
     try:
@@ -330,11 +362,15 @@ def decode_image(
     if h.context_mode == "checkerboard" and model.net.context.spatial is None:
         raise ModelError(f"file uses the checkerboard context, which model {model.model_id!r} does not have")
     c = _prepare(model, resolve_device(device), chosen)
-    align = CCAModel.alignment
-    padded = (h.height + (-h.height) % align, h.width + (-h.width) % align)
-    tile = container.tiles[0]
-    x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, padded, chosen.gain_quality, h.context_mode == "checkerboard", timer)
-    rgb = _to_rgb8(x_hat, h.height, h.width)
+    layout = TileLayout.from_header(h)
+    assembler = BlendAssembler(layout)
+    for tile in container.tiles:
+        size = _span(layout.extent(tile.tile_index))
+        shape = _padded(size, h.latent_align)
+        x_hat = decode_tile(c, tile.stream, tile.symbols_crc32, shape, chosen.gain_quality, h.context_mode == "checkerboard", timer)
+        assembler.add(tile.tile_index, _to_hwc(x_hat, *size))
+        del x_hat
+    rgb = assembler.finish()
     alpha = None
     if container.alpha is not None:
         alpha = np.frombuffer(container.alpha, dtype=np.uint8).reshape(h.height, h.width).copy()

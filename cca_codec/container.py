@@ -35,12 +35,14 @@ __all__ = [
     "COLOR_SPACES",
     "MAX_CHUNK_LENGTH",
     "DEFAULT_MAX_PIXELS",
+    "MAX_TILE_PIXELS",
     "Header",
     "TilePayload",
     "Container",
     "write_container",
     "read_container",
     "read_header",
+    "padded_tile_extent",
     "container_overhead",
     "describe",
 ]
@@ -58,6 +60,7 @@ DEFAULT_MAX_PIXELS = 1 << 28  # width * height a reader accepts by default
 MAX_DIMENSION = (1 << 31) - 1
 MAX_QUALITY = 64.0
 MAX_LATENT_ALIGN = 1024
+MAX_TILE_PIXELS = 1 << 22  # padded area of the largest region one tile is coded over
 SHA256_BYTES = 32
 ALPHA_ZLIB_LEVEL = 9
 
@@ -208,6 +211,13 @@ def _header_checks(h: Header) -> Iterator[str | None]:
     align = h.latent_align
     if not (_is_int(align) and 1 <= align <= MAX_LATENT_ALIGN and align & (align - 1) == 0):
         yield f"header field latent_align = {align!r} is not a power of two in 1..{MAX_LATENT_ALIGN}"
+    yield _tile_axis_problem("tile_width", h.width, h.tile_width, h.tile_overlap, align)
+    yield _tile_axis_problem("tile_height", h.height, h.tile_height, h.tile_overlap, align)
+    tile_pixels = padded_tile_extent(h.width, h.tile_width, h.tile_overlap, align) * padded_tile_extent(
+        h.height, h.tile_height, h.tile_overlap, align
+    )
+    if tile_pixels > MAX_TILE_PIXELS:
+        yield f"tiles of {tile_pixels} pixels (padded, with overlap) exceed the limit of {MAX_TILE_PIXELS}"
     if not isinstance(h.coder_version, str) or not h.coder_version.isprintable():
         yield f"header field coder_version = {h.coder_version!r} must be a printable string"
     elif not 1 <= len(h.coder_version.encode("utf-8")) <= 255:
@@ -218,6 +228,27 @@ def _header_checks(h: Header) -> Iterator[str | None]:
         yield "header field model_id must be at most 255 characters"
     if not isinstance(h.weights_sha256, bytes) or len(h.weights_sha256) != SHA256_BYTES:
         yield f"header field weights_sha256 must be {SHA256_BYTES} bytes"
+
+
+def padded_tile_extent(total: int, tile: int, overlap: int, align: int) -> int:
+    """Pixels, along one axis, of the longest region a tile is coded over, padded to ``align``.
+
+    ``total`` is the image size on that axis and ``tile`` the core tile size: one tile covers
+    ``total``; with several, a tile is at most its core plus ``overlap`` on both sides.
+    """
+    extent = total if tile >= total else min(total, tile + 2 * overlap)
+    return -(-extent // align) * align
+
+
+def _tile_axis_problem(name: str, total: int, tile: int, overlap: int, align: int) -> str | None:
+    """An axis with several tiles needs a core size that is a multiple of ``align`` and >= 2 * overlap."""
+    if tile == total:
+        return None
+    if tile % align:
+        return f"header field {name} = {tile} must equal the image size or be a multiple of latent_align = {align}"
+    if 2 * overlap > tile:
+        return f"header field tile_overlap = {overlap} is more than half of {name} = {tile}"
+    return None
 
 
 def _header_problem(h: Header) -> str | None:

@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -126,8 +125,11 @@ class DecodedImage:
         return Image.fromarray(np.ascontiguousarray(channels))
 
 
-def load_image(source: str | os.PathLike[str] | bytes) -> SourceImage:
+def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int | None = None) -> SourceImage:
     """Read an image file (a path, or the file's content as ``bytes``, e.g. from stdin).
+
+    ``max_pixels`` (width * height) replaces ``PIL.Image.MAX_IMAGE_PIXELS`` for this call;
+    the size is checked from the file's header, before the pixels are decoded.
 
     Policy: only the first frame of multi-frame input is read; EXIF orientation is applied
     to the pixels; 16- and 32-bit samples are scaled to 8 bits with rounding; palette,
@@ -136,11 +138,12 @@ def load_image(source: str | os.PathLike[str] | bytes) -> SourceImage:
 
     Raises:
         InputError: missing, empty, unreadable, truncated or corrupt input, an unsupported
-            pixel mode, or more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` allows.
+            pixel mode, or more pixels than ``max_pixels`` (or ``PIL.Image.MAX_IMAGE_PIXELS``) allows.
     """
     label, data = _read_source(source)
     notes: list[str] = []
-    img, raw_mode, exif, orientation = _decode_first_frame(data, label, notes)
+    with _pixel_limit(max_pixels):
+        img, raw_mode, exif, orientation = _decode_first_frame(data, label, notes)
     icc_profile = img.info.get("icc_profile")
     oriented = _apply_orientation(img, exif, orientation, notes)
     pixels, alpha, bit_depth = _planes(oriented, raw_mode, label, notes)
@@ -210,6 +213,20 @@ def _read_source(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
     if not data:
         raise InputError(f"{label} is empty")
     return label, data
+
+
+@contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Set Pillow's decompression-bomb limit to ``max_pixels`` meanwhile (None: leave it)."""
+    if max_pixels is None:
+        yield
+        return
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 @contextmanager

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir

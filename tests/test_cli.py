@@ -478,3 +478,99 @@ def test_docstring_lists_every_exit_code():
     codes = {errors.CodecError, errors.UsageError, errors.InputError, errors.FormatError, errors.ModelError}
     listed = {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s{2,}\S", cli_module.__doc__, re.M)}
     assert {0, errors.EXIT_INTERRUPTED} | {c.exit_code for c in codes} <= listed
+
+
+# ---------------------------------------------------------- tiles, limits, jobs, signals
+
+
+def test_tiled_file_through_the_cli(make_image, tmp_path):
+    src = make_image(100, 150)
+    cca = tmp_path / "t.cca"
+    encode(src, cca, "--tile", 64)
+    summary = json.loads(run("info", "--json", cca).stdout)
+    assert summary["tile_grid"] == [2, 3] and summary["header"]["tile_overlap"] > 0
+    result = run("decode", cca, "-o", tmp_path / "t.png")
+    assert result.exit_code == 0, result.stderr
+    assert pixels(tmp_path / "t.png")[1].shape == (100, 150, 3)
+    assert run("encode", src, "-o", tmp_path / "u.cca", "--model", MODEL, "--tile", 100).exit_code == 2
+
+
+def test_exif_and_icc_reach_the_decoded_png(tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "ccacodec test camera"
+    src = tmp_path / "meta.jpg"
+    Image.fromarray(np.full((16, 24, 3), 120, np.uint8)).save(src, exif=exif, icc_profile=icc)
+    encode(src, tmp_path / "meta.cca")
+    assert run("decode", tmp_path / "meta.cca", "-o", tmp_path / "meta.png").exit_code == 0
+    with Image.open(tmp_path / "meta.png") as out:
+        assert out.info["icc_profile"] == icc
+        assert out.getexif()[0x010F] == "ccacodec test camera"
+
+
+def test_max_pixels_guards_encode_and_decode(make_image, tmp_path):
+    src = make_image(17, 33)
+    result = run("encode", src, "-o", tmp_path / "m.cca", "--model", MODEL, "--max-pixels", 560)
+    assert result.exit_code == errors.InputError.exit_code
+    assert "exceeds limit of 560 pixels" in error_line(result)
+    encode(src, tmp_path / "m.cca", "--max-pixels", 561)
+    result = run("decode", tmp_path / "m.cca", "--max-pixels", 560)
+    assert result.exit_code == errors.FormatError.exit_code
+    assert "over the limit of 560 pixels" in error_line(result)
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_jobs_run_files_in_parallel_processes(image_writer, test_models_root, tmp_path):
+    good = [image_writer(tmp_path, 8, 8, name="a.png"), image_writer(tmp_path, 17, 33, name="b.png")]
+    bad = tmp_path / "c.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    process = ccacodec_process("encode", good[0], bad, good[1], "-d", out, "--model", MODEL, "--jobs", 2,
+                               env=subprocess_env(test_models_root), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate(timeout=300)
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 3, stderr.decode()
+    assert stdout == b"" and "Traceback" not in stderr.decode()
+    assert lines[-1] == "3 files, 1 failed"
+    assert sum(line.startswith("ccacodec: error: ") and "c.png" in line for line in lines) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.cca", "b.cca"]
+
+
+def test_option_args_for_child_processes(make_image, monkeypatch):
+    """--jobs passes the command's own options on to each child, without inputs and outputs."""
+    import click
+
+    seen = {}
+
+    def fake_children(jobs, processes, bar):
+        seen["args"] = cli_module._option_args(click.get_current_context(), processes)
+        return [0] * len(jobs)
+
+    monkeypatch.setattr(cli_module, "_run_children", fake_children)
+    result = run("encode", make_image(8, 8, name="x.png"), make_image(8, 8, name="y.png"), "--model", MODEL,
+                 "-q", 3, "--tile", 64, "--no-overwrite", "--jobs", 2, "--threads", 1)
+    assert result.exit_code == 0, result.stderr
+    args = seen["args"]
+    assert args[args.index("--quality") + 1] == "3.0" and args[args.index("--tile") + 1] == "64"
+    assert "--no-overwrite" in args and args[args.index("--threads") + 1] == "1"
+    assert "--jobs" not in args and "--output-dir" not in args and "--json" not in args
+
+
+def test_ctrl_c_leaves_no_partial_file(image_writer, test_models_root, tmp_path):
+    """SIGINT while a large image is being encoded: exit 130, one line, no output or temporary file."""
+    import signal
+    import time
+
+    src = image_writer(tmp_path, 1536, 1536, name="large.png")
+    process = ccacodec_process("encode", src, "-o", tmp_path / "large.cca", "--model", MODEL, "--tile", 256,
+                               "--threads", 1, env=subprocess_env(test_models_root),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(8)  # past the imports, well inside the encoding (about 20 s)
+    assert process.poll() is None, "the encoder finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == errors.EXIT_INTERRUPTED, stderr.decode()
+    assert stderr.decode().splitlines() == ["ccacodec: interrupted"] and stdout == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.png"]

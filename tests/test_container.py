@@ -32,11 +32,11 @@ SHA = bytes(range(32))
 
 
 def make_header(**changes) -> Header:
-    """A valid 20x12 header with 8x8 tiles (grid 2 rows x 3 cols = 6 tiles)."""
+    """A valid 20x12 header with 8x8 tiles (grid 2 rows x 3 cols = 6 tiles, latent_align 8)."""
     fields = dict(
         width=20, height=12, color_mode="rgb", bit_depth=8, color_space="srgb",
         context_mode="checkerboard", quality=3.5, lam=0.0067, tile_width=8, tile_height=8,
-        tile_overlap=4, latent_align=64, coder_version="constriction 0.5.0",
+        tile_overlap=4, latent_align=8, coder_version="constriction 0.5.0",
         model_id="cca-mse_q3.5", weights_sha256=SHA,
     )
     fields.update(changes)
@@ -74,7 +74,7 @@ def pack_chdr_raw(**changes) -> bytes:
     f = dict(
         format_version=1, width=20, height=12, color_mode=0, bit_depth=8, color_space=0,
         context_mode=1, numeric_mode=1, coder_id=1, quality=3.5, lam=0.0067, tile_width=8,
-        tile_height=8, tile_overlap=4, latent_align=64, coder_version="constriction 0.5.0",
+        tile_height=8, tile_overlap=4, latent_align=8, coder_version="constriction 0.5.0",
         model_id="cca-mse_q3.5", weights_sha256=SHA, extra=b"",
     )
     f.update(changes)
@@ -370,6 +370,33 @@ def test_out_of_range_tile_refused():
 
 def test_no_tiles_refused():
     assert_format_error(raw_file(body=chunk(b"CEND", b"")), match="no CDAT chunk")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(tile_width=12), "tile_width = 12 must equal the image size or be a multiple of latent_align"),
+        (dict(tile_height=4, tile_overlap=2), "tile_height = 4 must equal the image size"),
+        (dict(tile_overlap=5), "tile_overlap = 5 is more than half of tile_width = 8"),
+        (dict(width=4096, height=4096, tile_width=4096, tile_height=4096, latent_align=64),
+         "tiles of 16777216 pixels"),
+        (dict(width=5000, height=5000, tile_width=2048, tile_height=2048, tile_overlap=32, latent_align=64),
+         "tiles of 4460544 pixels"),
+    ],
+)
+def test_tile_layout_rules(changes, message):
+    """Several tiles per axis need aligned cores at least twice the overlap; the coded region of
+    one tile is bounded (checked from the header, so a decoder's memory is bounded per tile)."""
+    assert_format_error(raw_file(chdr=pack_chdr_raw(**changes)), match=message)
+    with pytest.raises(ValueError, match=message.split(" = ")[0]):
+        write_container(make_container(header=make_header(**{k: v for k, v in changes.items()})))
+
+
+def test_single_tile_axis_may_have_any_size():
+    """An axis with one tile (tile size = image size) needs no alignment and ignores the overlap."""
+    header = make_header(width=20, height=12, tile_width=20, tile_height=8, tile_overlap=4)
+    container = make_container(header=header, tiles=make_tiles(2))
+    assert read_container(write_container(container)) == container
 
 
 # ----------------------------------------------------------------------- ancillaries

@@ -184,6 +184,15 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         load_image(path)
 
 
+def test_max_pixels_argument_overrides_pillows_limit(tmp_path):
+    path = _save(Image.fromarray(_random_rgb()), tmp_path / "big.png")
+    pixels = Image.open(path).width * Image.open(path).height
+    with pytest.raises(InputError, match=f"exceeds limit of {pixels - 1} pixels"):
+        load_image(path, max_pixels=pixels - 1)
+    assert load_image(path, max_pixels=pixels).width > 0
+    assert Image.MAX_IMAGE_PIXELS > pixels  # Pillow's own limit is restored
+
+
 def test_icc_profile_is_carried_into_png(tmp_path):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     src = load_image(_save(Image.fromarray(_random_rgb()), tmp_path / "icc.png", icc_profile=icc))

@@ -33,12 +33,23 @@ class QualityGains(nn.Module):
     are interpolated linearly (a geometric interpolation of the gains).
     """
 
+    # Initial ratio of the y gains of neighbouring qualities. Starting every quality at gain 1
+    # leaves them indistinguishable for thousands of steps (the gains learn slowly); a
+    # geometric spread makes quality q quantise y with step ~ 1/1.3^(q - mid) from the start.
+    INITIAL_STEP_RATIO = 1.3
+
     def __init__(self, num_qualities: int, latent_channels: int, hyper_channels: int) -> None:
         super().__init__()
-        self.log_y = nn.Parameter(torch.zeros(num_qualities, latent_channels))
-        self.log_y_inv = nn.Parameter(torch.zeros(num_qualities, latent_channels))
+        self.log_y = nn.Parameter(self.initial_log_y(num_qualities)[:, None].repeat(1, latent_channels))
+        self.log_y_inv = nn.Parameter(-self.log_y.detach().clone())
         self.log_z = nn.Parameter(torch.zeros(num_qualities, hyper_channels))
         self.log_z_inv = nn.Parameter(torch.zeros(num_qualities, hyper_channels))
+
+    @classmethod
+    def initial_log_y(cls, num_qualities: int) -> Tensor:
+        """(Q,) log-gains spaced by log(INITIAL_STEP_RATIO), centred on the middle quality."""
+        centre = (num_qualities - 1) / 2
+        return (torch.arange(num_qualities, dtype=torch.float32) - centre) * math.log(cls.INITIAL_STEP_RATIO)
 
     @property
     def num_qualities(self) -> int:
