@@ -6,23 +6,16 @@ errors go to standard error. Every error is one line, ``ccacodec: error: <messag
 (``ccacodec: internal error: <Type>: <message>`` for bugs; set ``CCACODEC_DEBUG=1`` to see
 the traceback too).
 
-Exit codes (the numbers are the ``exit_code`` of the classes in :mod:`cca_codec.errors`):
-
-====  ==========================================================
- 0    success
- 1    internal error (a bug: please report it)
- 2    usage error (bad option or argument)
- 3    unreadable or unsupported input image, or unwritable output
- 4    corrupt, truncated or unsupported ``.cca`` file
- 5    model missing, unreadable, or not the one a file was made with
- 130  interrupted (Ctrl-C)
-====  ==========================================================
+Exit codes: 0 success, 1 internal error, 2 usage, 3 unreadable input or unwritable output,
+4 corrupt ``.cca`` file, 5 model problem, 130 interrupted; :mod:`cca_codec.errors` holds the
+table and ties each number to its error class.
 
 With several inputs, a failing file does not stop the others; the exit code is that of
 the first file that failed.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -643,46 +636,26 @@ def import_official_cmd(checkpoints: tuple[str, ...], lambdas: tuple[float, ...]
     _say(f"installed model {directory.name} in {directory}")
 
 
-@cli.command(
-    "eval",
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
+def _passthrough_command(name: str, module: str, summary: str) -> None:
+    """Register `ccacodec NAME ...` as a command that hands its arguments, --help included, to
+    the argparse `main(argv, prog)` of ``cca_codec.<module>`` (imported only when called)."""
+
+    @cli.command(
+        name,
+        help=summary,
+        context_settings={"ignore_unknown_options": True, "help_option_names": []},
+        add_help_option=False,
+    )
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            target = importlib.import_module(f"{__package__}.{module}")
+        target.main(list(args), prog=f"{PROG} {name}")
+
+
+_passthrough_command("eval", "evaluate", "Rate-distortion evaluation of a folder of images (see `ccacodec eval --help`).")
+_passthrough_command("train", "train", "Train a model with the CCA loss (see `ccacodec train --help`).")
+_passthrough_command(
+    "bench", "bench", "Per-stage speed of encode and decode, beside classical codecs (see `ccacodec bench --help`)."
 )
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def evaluate_cmd(args: tuple[str, ...]) -> None:
-    """Rate-distortion evaluation of a folder of images (see `ccacodec eval --help`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from . import evaluate
-
-    evaluate.main(list(args), prog=f"{PROG} eval")
-
-
-@cli.command(
-    "train",
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train_cmd(args: tuple[str, ...]) -> None:
-    """Train a model with the CCA loss (see `ccacodec train --help`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from . import train
-
-    train.main(list(args), prog=f"{PROG} train")
-
-
-@cli.command(
-    "bench",
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench_cmd(args: tuple[str, ...]) -> None:
-    """Per-stage speed of encode and decode, beside classical codecs (see `ccacodec bench --help`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from . import bench
-
-    bench.main(list(args), prog=f"{PROG} bench")
