@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from cca_codec import cli as cli_module
-from cca_codec import codec, errors
+from cca_codec import checkpoint, codec, errors
 from cca_codec.checkpoint import DEFAULT_MODEL_ID, available_models, in_memory_model, save_model_dir
 from cca_codec.cli import cli
 
@@ -329,9 +329,8 @@ def test_unknown_model(make_image):
 def test_default_model_missing(make_image, tmp_path, monkeypatch):
     empty = tmp_path / "no-models"
     empty.mkdir()
-    monkeypatch.setenv("CCACODEC_MODELS", str(empty))
-    if DEFAULT_MODEL_ID in available_models():
-        pytest.skip(f"{DEFAULT_MODEL_ID} is installed")
+    monkeypatch.setattr(checkpoint, "model_search_path", lambda: [empty])
+    assert DEFAULT_MODEL_ID not in available_models()
     result = run("encode", make_image(8, 8))
     assert result.exit_code == 5
     assert DEFAULT_MODEL_ID in error_line(result)
@@ -466,18 +465,22 @@ def test_models_lists_the_test_model(models_env):
 
 
 def test_models_says_when_none_is_installed(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCACODEC_MODELS", str(tmp_path))
-    if available_models():
-        pytest.skip("models are installed in the repository or the environment")
+    monkeypatch.setattr(checkpoint, "model_search_path", lambda: [tmp_path])
+    assert not available_models()
     result = run("models")
     assert result.exit_code == 0
     assert "no models installed" in result.stdout and str(tmp_path) in result.stdout
 
 
-def test_docstring_lists_every_exit_code():
-    codes = {errors.CodecError, errors.UsageError, errors.InputError, errors.FormatError, errors.ModelError}
-    listed = {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s{2,}\S", cli_module.__doc__, re.M)}
-    assert {0, errors.EXIT_INTERRUPTED} | {c.exit_code for c in codes} <= listed
+def test_exit_code_tables_list_every_code():
+    """errors.py's table (the one the code keeps) and README's (the one users read) name every code."""
+    classes = {errors.CodecError, errors.UsageError, errors.InputError, errors.FormatError, errors.ModelError}
+    codes = {0, errors.EXIT_INTERRUPTED} | {c.exit_code for c in classes}
+    in_module = {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s{2,}\S", errors.__doc__, re.M)}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    in_readme = {int(m.group(1)) for m in re.finditer(r"^\| (\d+) \|", readme, re.M)}
+    assert codes == in_module
+    assert codes == in_readme
 
 
 # ---------------------------------------------------------- tiles, limits, jobs, signals
@@ -558,16 +561,41 @@ def test_option_args_for_child_processes(make_image, monkeypatch):
     assert "--jobs" not in args and "--output-dir" not in args and "--json" not in args
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_cpu_seconds(run_child) -> float:
+    """CPU seconds that the child processes started by ``run_child()`` used."""
+    import resource
+
+    def used() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before = used()
+    run_child()
+    return used() - before
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the encoder's CPU time from /proc")
 def test_ctrl_c_leaves_no_partial_file(image_writer, test_models_root, tmp_path):
     """SIGINT while a large image is being encoded: exit 130, one line, no output or temporary file."""
     import signal
     import time
 
-    src = image_writer(tmp_path, 1536, 1536, name="large.png")
+    env = subprocess_env(test_models_root)
+    start_up = _child_cpu_seconds(lambda: subprocess.run([sys.executable, "-m", "cca_codec", "models"], env=env,
+                                                         capture_output=True, check=True))
+    src = image_writer(tmp_path, 2048, 2048, name="large.png")
     process = ccacodec_process("encode", src, "-o", tmp_path / "large.cca", "--model", MODEL, "--tile", 256,
-                               "--threads", 1, env=subprocess_env(test_models_root),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(8)  # past the imports, well inside the encoding (about 20 s)
+                               "--threads", 1, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Past the start-up (imports, model) by CPU time, which a busy machine stretches far less than wall
+    # time, and well inside the encoding (64 tiles: several CPU seconds).
+    while process.poll() is None and _cpu_seconds(process.pid) < start_up + 1.0:
+        time.sleep(0.05)
     assert process.poll() is None, "the encoder finished before it could be interrupted"
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
