@@ -26,7 +26,7 @@ MIN_SAMPLE_PSNR = 32.0
 
 
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
+def shipped():
     """The default model, found on the ordinary search path (no CCACODEC_MODELS)."""
     assert DEFAULT_MODEL_ID in available_models(), f"{DEFAULT_MODEL_ID} is not shipped in models/"
     return load_model()
