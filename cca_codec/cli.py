@@ -657,5 +657,8 @@ def _passthrough_command(name: str, module: str, summary: str) -> None:
 _passthrough_command("eval", "evaluate", "Rate-distortion evaluation of a folder of images (see `ccacodec eval --help`).")
 _passthrough_command("train", "train", "Train a model with the CCA loss (see `ccacodec train --help`).")
 _passthrough_command(
+    "train-bg", "background", "The background training run: start, status, pause, resume, stop, finish (see `ccacodec train-bg --help`)."
+)
+_passthrough_command(
     "bench", "bench", "Per-stage speed of encode and decode, beside classical codecs (see `ccacodec bench --help`)."
 )

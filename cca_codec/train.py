@@ -27,10 +27,10 @@ from .checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
 from .data import CropSampler, load_split
 from .errors import UsageError
 from .nn.aux import AuxEntropyModel
-from .nn.config import get_config
+from .nn.config import ModelConfig, get_config
 from .nn.loss import CCA_VARIANTS, CCALoss
 from .nn.model import CCAModel
-from .nn.quality import DEFAULT_QUALITIES
+from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -57,24 +57,65 @@ class TrainOptions:
     checkerboard_prob: float = 0.5
     device: str = "auto"
     bf16: bool = False
+    channels_last: bool = False
+    schedule: str = "cosine"
+    ema: float = 0.0
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
+    save_minutes: float = 0.0
     export: str | None = None
     export_id: str | None = None
     decay_by_time: bool = False
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def learning_rate(step: int, o: TrainOptions, minutes_this_run: float = 0.0) -> float:
-    """Linear warm-up, then a cosine decay from lr to lr_final over `steps`, or, with
-    `decay_by_time`, over this call's `max_minutes` when that ends first."""
+    """Linear warm-up over the run's first `warmup` steps, then either `constant` at lr (for a run
+    that never ends: export the EMA weights) or a `cosine` decay from lr to lr_final over `steps`,
+    or, with `decay_by_time`, over this call's `max_minutes` when that ends first."""
     if step < o.warmup:
         return o.lr * (step + 1) / o.warmup
+    if o.schedule == "constant":
+        return o.lr
     t = (step - o.warmup) / max(o.steps - o.warmup, 1)
     if o.decay_by_time and o.max_minutes:
         t = max(t, minutes_this_run / o.max_minutes)
     t = min(t, 1.0)
     return o.lr_final + 0.5 * (o.lr - o.lr_final) * (1 + math.cos(math.pi * t))
+
+
+class WeightAverage:
+    """Exponential moving average of a network's floating-point parameters and buffers:
+    avg <- decay * avg + (1 - decay) * current after every step (other buffers are copied).
+    With a constant learning rate it gives what a decay to a low rate would, without ending
+    the run."""
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise UsageError(f"--ema {decay}: the decay must lie in (0, 1), e.g. 0.998")
+        self.decay = decay
+        self.avg = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        floats_avg, floats_now = [], []
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                floats_avg.append(self.avg[k])
+                floats_now.append(v.detach())
+            else:
+                self.avg[k].copy_(v)
+        torch._foreach_lerp_(floats_avg, floats_now, 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.avg
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.avg[k].copy_(v)
 
 
 class Trainer:
@@ -95,6 +136,10 @@ class Trainer:
         self.aux = AuxEntropyModel(self.net.cfg)
         self.net.to(self.device).train()
         self.aux.to(self.device).train()
+        if o.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+            self.aux.to(memory_format=torch.channels_last)
+        self.ema = WeightAverage(self.net, o.ema) if o.ema else None
         self.loss_fn = CCALoss(self.aux, alpha=o.alpha, variant=o.variant)
         main, quantiles = [], []
         for module in (self.net, self.aux):
@@ -106,6 +151,7 @@ class Trainer:
         self.sampler = CropSampler(load_split(o.data, "train").to(self.device), o.crop, self.gen)
         self.step = 0
         self.minutes = 0.0
+        self.cpu_seconds = 0.0  # process CPU time (all threads) spent training, over every call
         table = self.qualities
         self.q_values = torch.tensor([float(q.quality) for q in table])
         self.q_dist = torch.tensor([q.distortion_weight for q in table])
@@ -124,7 +170,14 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "step": self.step,
             "minutes": self.minutes,
+            "cpu_seconds": self.cpu_seconds,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "qualities": [q.to_dict() for q in self.qualities],
+            "device": self.device_name(),
         }
+
+    def device_name(self) -> str:
+        return "cpu" if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
 
     def load_state_dict(self, s: dict) -> None:
         self.net.load_state_dict(s["net"])
@@ -136,12 +189,17 @@ class Trainer:
         if s["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])
         self.step, self.minutes = s["step"], s["minutes"]
+        self.cpu_seconds = s.get("cpu_seconds", 0.0)
+        if self.ema is not None:
+            self.ema.load_state_dict(s["ema"] if s.get("ema") else self.net.state_dict())
 
     def train_step(self, minutes_this_run: float = 0.0) -> dict:
         o = self.o
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.step, o, minutes_this_run)
         x = self.sampler.sample(o.batch)
+        if o.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         pick = torch.randint(0, len(self.q_values), (o.batch,), generator=self.gen)
         checkerboard = bool(torch.rand(1, generator=self.gen) < o.checkerboard_prob) and self.net.context.spatial is not None
         dev = self.device
@@ -157,6 +215,8 @@ class Trainer:
         self.aux_opt.zero_grad(set_to_none=True)
         aux_loss.backward()
         self.aux_opt.step()
+        if self.ema is not None:
+            self.ema.update(self.net)
         self.step += 1
         psnr = -10 * math.log10(max(terms.mse.item(), 1e-10))
         return {
@@ -181,13 +241,47 @@ class Trainer:
         return out / STATE_FILE
 
     def export(self, directory: str, model_id: str, info: dict) -> Path:
-        """Freeze the tables and write a model directory (float16 weights)."""
-        net = CCAModel(self.net.cfg, num_qualities=len(self.qualities))
-        net.load_state_dict({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, strict=False)
-        net.eval()
-        prepare_tables(net)
-        model = LoadedModel(model_id, net, self.qualities, b"", info=info)
-        return save_model_dir(model, directory, dtype=torch.float16, info=info, card=model_card(model_id, net, info))
+        """Write a model directory from the moving average of the weights when the run keeps
+        one, else from the current weights."""
+        weights = self.ema.state_dict() if self.ema is not None else self.net.state_dict()
+        return export_weights(self.net.cfg, self.qualities, weights, directory, model_id, info)
+
+
+def export_weights(
+    cfg: ModelConfig, qualities: tuple[QualityPoint, ...], weights: dict[str, torch.Tensor], directory: str | Path, model_id: str, info: dict
+) -> Path:
+    """Freeze the integer tables of a network with these weights and write it as a model
+    directory (float16 weights)."""
+    net = CCAModel(cfg, num_qualities=len(qualities))
+    net.load_state_dict({k: v.detach().cpu().contiguous() for k, v in weights.items()}, strict=False)
+    net.eval()
+    prepare_tables(net)
+    model = LoadedModel(model_id, net, qualities, b"", info=info)
+    return save_model_dir(model, directory, dtype=torch.float16, info=info, card=model_card(model_id, net, info))
+
+
+def run_info(state: dict, device: str) -> dict:
+    """What a model directory records about the training behind it (`model.json` "info")."""
+    o = state["options"]
+    return {
+        "steps": state["step"],
+        "minutes": round(state["minutes"], 1),
+        "cpu_minutes": round(state.get("cpu_seconds", 0.0) / 60, 1),
+        "device": device,
+        "variant": o["variant"],
+        "batch": o["batch"],
+        "crop": o["crop"],
+        "data": o["data"],
+        "ema": o.get("ema", 0.0),
+    }
+
+
+def export_state(state_path: str | Path, directory: str | Path, model_id: str) -> Path:
+    """Export the weights of a saved training state (its EMA weights when it has them)."""
+    s = torch.load(state_path, map_location="cpu", weights_only=False)
+    weights = s["ema"] if s.get("ema") else s["net"]
+    info = run_info(s, s.get("device", "cpu"))
+    return export_weights(ModelConfig.from_dict(s["config"]), quality_table_from_dicts(s["qualities"]), weights, directory, model_id, info)
 
 
 def model_card(model_id: str, net: CCAModel, info: dict) -> str:
@@ -216,7 +310,8 @@ def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     start, done_here = time.time(), 0
-    base_minutes = trainer.minutes
+    base_minutes, base_cpu, cpu_start = trainer.minutes, trainer.cpu_seconds, time.process_time()
+    last_save = start
     try:
         with open(out / LOG_FILE, "a") as log:
             while trainer.step < o.steps and not stop["flag"]:
@@ -227,8 +322,10 @@ def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
                 rec = trainer.train_step((time.time() - start) / 60)
                 done_here += 1
                 trainer.minutes = base_minutes + (time.time() - start) / 60
+                trainer.cpu_seconds = base_cpu + time.process_time() - cpu_start
                 if trainer.step % o.log_every == 0 or trainer.step == 1:
                     rec["minutes"] = round(trainer.minutes, 2)
+                    rec["cpu_seconds"] = round(trainer.cpu_seconds, 1)
                     rec["steps_per_s"] = round(done_here / max(time.time() - start, 1e-9), 3)
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
@@ -239,23 +336,15 @@ def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
                         file=sys.stderr,
                         flush=True,
                     )
-                if trainer.step % o.save_every == 0:
+                if trainer.step % o.save_every == 0 or (o.save_minutes and time.time() - last_save >= 60 * o.save_minutes):
                     trainer.save()
+                    last_save = time.time()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     trainer.save()
     if o.export:
-        info = {
-            "steps": trainer.step,
-            "minutes": round(trainer.minutes, 1),
-            "device": str(trainer.device) if trainer.device.type == "cpu" else torch.cuda.get_device_name(),
-            "variant": o.variant,
-            "batch": o.batch,
-            "crop": o.crop,
-            "data": o.data,
-        }
-        trainer.export(o.export, o.export_id or Path(o.export).name, info)
+        trainer.export(o.export, o.export_id or Path(o.export).name, run_info(trainer.state_dict(), trainer.device_name()))
     return trainer
 
 
@@ -270,6 +359,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
             p.add_argument(flag, action="store_true")
         elif name == "variant":
             p.add_argument(flag, choices=CCA_VARIANTS, default=value)
+        elif name == "schedule":
+            p.add_argument(flag, choices=SCHEDULES, default=value)
         else:
             p.add_argument(flag, type=type(value) if value is not None else str, default=value)
     return TrainOptions(**vars(p.parse_args(argv)))

@@ -8,11 +8,12 @@ bits weighted by G's probabilities form the L_aux2 term.
 """
 from __future__ import annotations
 
+import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .context import ChannelContextModel
+from .context import ChannelContextModel, gaussian_likelihood
 
 
 class AuxEntropyModel(nn.Module):
@@ -28,9 +29,10 @@ class AuxEntropyModel(nn.Module):
         self.gaussian_conditional = GaussianConditional(None)
 
     def _likelihood(self, y: Tensor, scale: Tensor, mu: Tensor) -> Tensor:
-        return self.gaussian_conditional(y, scale, means=mu)[1]
+        return gaussian_likelihood(self.gaussian_conditional, y, scale, mu)
 
     def forward(self, y: Tensor, latent_means: Tensor, latent_scales: Tensor) -> tuple[Tensor, Tensor]:
-        _, factorized_likelihoods = self.factorized(y)
+        with torch.autocast(y.device.type, enabled=False):
+            _, factorized_likelihoods = self.factorized(y.float())
         _, g_likelihoods = self.context.forward_train(y, latent_means, latent_scales, self._likelihood)
         return g_likelihoods, factorized_likelihoods

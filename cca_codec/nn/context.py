@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from compressai.entropy_models import GaussianConditional
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
@@ -23,6 +24,13 @@ from .config import ModelConfig
 SPATIAL_KERNEL = 5
 
 Likelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def gaussian_likelihood(conditional: GaussianConditional, y: Tensor, scale: Tensor, mu: Tensor) -> Tensor:
+    """Rate-term likelihoods of y (additive noise in training mode), always in float32 and outside
+    autocast: bf16 probabilities would misstate the rate by several percent."""
+    with torch.autocast(y.device.type, enabled=False):
+        return conditional(y.float(), scale.float(), means=mu.float())[1]
 
 
 def anchor_mask(height: int, width: int, device: torch.device | None = None) -> Tensor:
@@ -182,10 +190,15 @@ class ChannelContextModel(nn.Module):
 
 
 def _head(head: nn.Sequential, features: Tensor, spatial: Tensor | None) -> Tensor:
-    """Run a parameter head, adding the spatial context to its first hidden layer's input."""
+    """Run a parameter head, adding the spatial context to its first hidden layer's input.
+
+    The last conv runs outside autocast in the input's precision at least float32 (float64 when
+    coding), so a bf16 training pass rounds means and scales no coarser than inference does.
+    """
     h = head[0](features)
     if spatial is not None:
         h = h + spatial
-    for layer in head[1:]:
+    for layer in head[1:-1]:
         h = layer(h)
-    return h
+    with torch.autocast(h.device.type, enabled=False):
+        return head[-1](h.to(torch.promote_types(h.dtype, torch.float32)))

@@ -14,7 +14,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .context import ChannelContextModel
+from .context import ChannelContextModel, gaussian_likelihood
 from .transforms import AnalysisTransform, SynthesisTransform, hyper_analysis, hyper_synthesis
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
@@ -101,18 +101,22 @@ class CCAModel(CompressionModel):
         return self.h_mean_s(z), self.h_scale_s(z)
 
     def _likelihood(self, y: Tensor, scale: Tensor, mu: Tensor) -> Tensor:
-        return self.gaussian_conditional(y, scale, means=mu)[1]
+        return gaussian_likelihood(self.gaussian_conditional, y, scale, mu)
 
     def forward(self, x: Tensor, quality: Tensor, checkerboard: bool = False) -> dict:
         """Training pass. quality: (B,) float in [1, Q]. Returns x_hat (unclamped), y,
-        likelihoods {"y", "z"}, and the hyperprior outputs the auxiliary model reuses."""
+        likelihoods {"y", "z"}, and the hyperprior outputs the auxiliary model reuses.
+
+        Under bf16 autocast the transforms run in bf16, while y, z, the hyperprior outputs, means,
+        scales and every likelihood stay float32 (rounding y - mu in bf16 would be coarse)."""
         g_y, g_y_inv, g_z, g_z_inv = self.gains(quality)
-        y = self.g_a(x) * g_y
-        z = self.h_a(y) * g_z
-        _, z_likelihoods = self.entropy_bottleneck(z)
+        y = self.g_a(x).float() * g_y
+        z = self.h_a(y).float() * g_z
+        with torch.autocast(x.device.type, enabled=False):  # the z prior's CDF math stays float32
+            _, z_likelihoods = self.entropy_bottleneck(z)
         medians = self.entropy_bottleneck._get_medians()
         z_hat = quantize_ste(z - medians) + medians
-        latent_means, latent_scales = self.hyper_parameters(z_hat, g_z_inv)
+        latent_means, latent_scales = (p.float() for p in self.hyper_parameters(z_hat, g_z_inv))
         y_hat, y_likelihoods = self.context.forward_train(
             y, latent_means, latent_scales, self._likelihood, checkerboard
         )

@@ -1,0 +1,534 @@
+"""The background training run: started in every working stint, resumed where the last one stopped.
+
+    python -m cca_codec.background start      # resume (or warm-start from the shipped weights), lowest priority
+    python -m cca_codec.background status     # steps, steps/s, CPU minutes, last loss  [--json]
+    python -m cca_codec.background stop       # SIGTERM: the trainer saves its state and exits
+    python -m cca_codec.background pause      # SIGSTOP, for a clean timing in the foreground; `resume` goes on
+    python -m cca_codec.background finish     # stop, export the EMA weights, Kodak check, TRAINING.md row
+                                              # [--install: copy into models/<id> when Kodak BD-rate improved]
+
+(also `ccacodec train-bg ...`). A run lives in a state directory outside the work tree,
+`$CCACODEC_TRAIN_DIR/<run>` (default `~/.cache/ccacodec/train/cca-compact`), which the machine keeps from
+one stint to the next: `state.pt` (network, EMA, optimisers, random generators; written atomically every
+few minutes and on SIGTERM/SIGINT), `log.jsonl`, `train.log`, `pid`, `recipe.json`. The training pack is
+built once into `$CCACODEC_TRAIN_DIR/pack` from the training photographs.
+
+The trainer runs under SCHED_IDLE (where the kernel allows it) and nice 19, with OpenMP threads that
+sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE). That alone is not enough on two cores: a foreground
+torch process whose 2-thread parallel regions wait at barriers for the core the trainer holds ran 9x
+slower (tests/test_codec.py: 62 s against 7 s). So a small watcher process beside the trainer stops it
+(SIGSTOP) within a quarter of a second whenever anything else uses more than a fifth of a core, and lets it
+go on (SIGCONT) after the machine has been quiet for a few seconds: foreground work runs at full speed,
+and training takes the idle time only.
+
+"CPU minutes" here are minutes of the whole machine: the trainer's process CPU time divided by its
+thread count, so a run alone on an idle 2-core machine adds one CPU minute per wall minute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .fileio import atomic_write
+
+DEFAULT_RUN = "cca-compact"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "train"
+DEFAULT_KODAK = REPO.parent / "shared" / "data" / "kodak"
+ANCHORS = REPO.parent / "shared" / "anchors"
+BD_ANCHORS = ("kodak_jpeg.json", "kodak_vtm.json", "kodak_bpg_444_x265_ycbcr.json")
+KODAK_RESULT = "kodak_checkerboard.json"  # the committed weights' Kodak curve, beside them
+STINTS_HEADING = "## Background stints"
+
+# The recipe of the never-ending run (see models/cca-compact/TRAINING.md, "Background stints"):
+# bf16 autocast + channels_last (AMX), 256x256 crops, a constant learning rate after a short
+# warm-up, and an exponential moving average of the weights for export.
+RECIPE = [
+    "--batch", "4", "--crop", "256", "--bf16", "--channels-last",
+    "--schedule", "constant", "--lr", "1e-4", "--warmup", "100", "--ema", "0.998",
+    "--steps", "100000000", "--log-every", "20", "--save-every", "1000000", "--save-minutes", "5",
+]
+
+
+def train_root() -> Path:
+    return Path(os.environ.get("CCACODEC_TRAIN_DIR") or Path.home() / ".cache" / "ccacodec" / "train")
+
+
+@dataclass
+class Run:
+    """The files of one background run."""
+
+    directory: Path
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state.pt"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "pid"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "log.jsonl"
+
+    @property
+    def output(self) -> Path:
+        return self.directory / "train.log"
+
+    @property
+    def recipe(self) -> Path:
+        return self.directory / "recipe.json"
+
+    def pid(self) -> int | None:
+        """The trainer's pid while it runs, else None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = b""
+        if b"cca_codec.train" not in cmdline:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def records(self) -> list[dict]:
+        try:
+            return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        except OSError:
+            return []
+
+
+def _lower_priority() -> None:
+    """In the child, before exec: the lowest CPU priority the kernel offers."""
+    os.nice(19)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+
+
+def trainer_environment(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="0", OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def ensure_pack(pack: Path, source: Path) -> Path:
+    """Build the training pack once (a few minutes at low priority); reuse it afterwards."""
+    if (pack / "pack.json").exists():
+        return pack
+    from .data import build_pack
+
+    print(f"building the training pack {pack} from {source} ...", file=sys.stderr)
+    tmp = pack.with_name(pack.name + ".part")
+    build_pack(source, tmp)
+    tmp.replace(pack)
+    return pack
+
+
+@dataclass
+class YieldPolicy:
+    """When the watcher stops and continues the trainer: `busy` and `quiet` are the other
+    processes' CPU use in cores, measured every `period` seconds; the trainer goes on after
+    `quiet_seconds` below `quiet`."""
+
+    period: float = 0.25
+    busy: float = 0.2
+    quiet: float = 0.1
+    quiet_seconds: float = 3.0
+
+
+def _busy_jiffies() -> int:
+    """Busy CPU time of the whole machine (user + nice + system + irq + softirq + steal), in clock ticks."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _process_jiffies(pid: int) -> int | None:
+    """utime + stime of a process (all its threads), in clock ticks; None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
+    """Stop the trainer while other work uses the CPU, continue it when the machine is quiet;
+    return when the trainer has exited. A `paused` file in the run directory (user's `pause`)
+    keeps it stopped."""
+    hz = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    stopped, quiet_since = False, None
+    last_total, last_trainer, last_me = _busy_jiffies(), _process_jiffies(pid), _process_jiffies(me)
+    while last_trainer is not None and not _is_zombie(pid):
+        time.sleep(policy.period)
+        total, trainer, mine = _busy_jiffies(), _process_jiffies(pid), _process_jiffies(me)
+        if trainer is None or mine is None:
+            break
+        other = (total - last_total - (trainer - last_trainer) - (mine - last_me)) / hz / policy.period
+        last_total, last_trainer, last_me = total, trainer, mine
+        now = time.monotonic()
+        if other > policy.busy:
+            quiet_since = None
+            if not stopped:
+                os.kill(pid, signal.SIGSTOP)
+                stopped = True
+        elif stopped and other < policy.quiet and not (run.directory / "paused").exists():
+            quiet_since = quiet_since or now
+            if now - quiet_since >= policy.quiet_seconds:
+                os.kill(pid, signal.SIGCONT)
+                stopped, quiet_since = False, None
+        else:
+            quiet_since = None
+
+
+def start(run: Run, *, init: str | None, data: Path, source: Path, threads: int, extra: list[str], fresh: bool = False) -> int:
+    """Start the trainer detached: resuming from state.pt when there is one, else warm-started
+    from the model `init` (default: the default model), or from random weights with `fresh`.
+    Returns its pid."""
+    pid = run.pid()
+    if pid is not None:
+        print(f"already running (pid {pid}): {run.directory}", file=sys.stderr)
+        return pid
+    run.directory.mkdir(parents=True, exist_ok=True)
+    if extra:
+        recipe = RECIPE + extra
+    elif run.recipe.exists():
+        recipe = json.loads(run.recipe.read_text())["args"]
+    else:
+        recipe = RECIPE
+    atomic_write(run.recipe, (json.dumps({"args": recipe}, indent=2) + "\n").encode())
+    pack = ensure_pack(data, source)
+    from .checkpoint import resolve_model_dir
+
+    args = [sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(run.directory)]
+    if not fresh:
+        args += ["--init", str(resolve_model_dir(init))]
+    if run.state.exists():
+        args += ["--resume", str(run.state)]
+    args += recipe
+    with open(run.output, "ab") as out:
+        out.write(f"\n# {datetime.now(timezone.utc).isoformat(timespec='seconds')} start: {' '.join(args)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=run.directory, env=trainer_environment(threads),
+            preexec_fn=_lower_priority, start_new_session=True,
+        )
+    atomic_write(run.pid_file, f"{proc.pid}\n".encode())
+    (run.directory / "paused").unlink(missing_ok=True)
+    with open(run.output, "ab") as out:
+        subprocess.Popen(
+            [sys.executable, "-m", "cca_codec.background", "--run", run.directory.name, "_watch", str(proc.pid)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=trainer_environment(1), start_new_session=True,
+        )
+    origin = "resuming" if "--resume" in args else ("from random weights" if fresh else "from " + args[args.index("--init") + 1])
+    print(f"started (pid {proc.pid}, {origin}): {run.directory}", file=sys.stderr)
+    return proc.pid
+
+
+def stop(run: Run, timeout: float = 300.0) -> bool:
+    """SIGTERM the trainer and wait until it has saved its state and exited. False if none ran."""
+    pid = run.pid()
+    if pid is None:
+        return False
+    (run.directory / "paused").touch()  # the watcher must not stop it again
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)  # a stopped trainer must run to save its state
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            break
+        time.sleep(0.5)
+    else:
+        raise TimeoutError(f"the trainer (pid {pid}) did not exit within {timeout:.0f} s")
+    run.pid_file.unlink(missing_ok=True)
+    (run.directory / "paused").unlink(missing_ok=True)
+    return True
+
+
+def pause(run: Run, paused: bool) -> bool:
+    """Pause the trainer (until `pause(run, False)`), e.g. for a timing that must be clean; the
+    watcher leaves a paused trainer stopped. False if none runs."""
+    pid = run.pid()
+    if pid is None:
+        return False
+    if paused:
+        (run.directory / "paused").touch()
+        os.kill(pid, signal.SIGSTOP)
+    else:
+        (run.directory / "paused").unlink(missing_ok=True)
+        os.kill(pid, signal.SIGCONT)
+    return True
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, T = stopped, Z = zombie), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _is_zombie(pid: int) -> bool:
+    return _process_state(pid) in (None, "Z")
+
+
+def cpu_minutes(record: dict, threads: int) -> float:
+    """Machine-minutes of CPU (process CPU time / threads) behind a log record."""
+    return record.get("cpu_seconds", 0.0) / 60 / threads
+
+
+def status(run: Run, threads: int) -> dict:
+    """Where the run stands: running or not, steps, recent steps/s, CPU and wall minutes, last terms."""
+    recs = run.records()
+    info: dict = {"run": str(run.directory), "pid": run.pid(), "state_saved": None, "steps": 0}
+    info["running"] = info["pid"] is not None
+    info["yielding"] = info["running"] and _process_state(info["pid"]) == "T"
+    info["paused"] = (run.directory / "paused").exists()
+    if run.state.exists():
+        info["state_saved"] = datetime.fromtimestamp(run.state.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    if recs:
+        last = recs[-1]
+        window = [r for r in recs if last["minutes"] - r["minutes"] <= 10 and r["step"] < last["step"]]
+        if window:
+            first = window[0]
+            dt = (last["minutes"] - first["minutes"]) * 60
+            info["steps_per_s_recent"] = round((last["step"] - first["step"]) / dt, 3) if dt > 0 else None
+        info.update(
+            steps=last["step"], wall_minutes=round(last["minutes"], 1), cpu_minutes=round(cpu_minutes(last, threads), 1),
+            loss=round(last["loss"], 4), bpp=round(last["bpp"], 4), psnr=round(last["mse_psnr"], 2), lr=last["lr"],
+            aux_bits_per_element=round(last["aux_bits_per_element"], 2),
+        )
+    return info
+
+
+def _print_status(info: dict) -> None:
+    state = "not running"
+    if info["running"]:
+        state = f"running (pid {info['pid']}{', paused' if info['paused'] else ', yielding to foreground work' if info['yielding'] else ''})"
+    print(f"{info['run']}: {state}; state saved {info['state_saved'] or 'never'}")
+    if info["steps"]:
+        print(
+            f"step {info['steps']}  {info.get('steps_per_s_recent') or '?'} steps/s (last 10 min)  "
+            f"{info['cpu_minutes']} CPU min  {info['wall_minutes']} wall min  loss {info['loss']}  "
+            f"bpp {info['bpp']}  PSNR {info['psnr']} dB  lr {info['lr']:.2e}  aux bits/elem {info['aux_bits_per_element']}"
+        )
+
+
+def stint_summary(recs: list[dict], since_step: int, threads: int) -> dict:
+    """Steps, CPU/wall minutes and mean training terms of the records after `since_step`."""
+    new = [r for r in recs if r["step"] > since_step]
+    if not new:
+        return {"steps": 0}
+    before = [r for r in recs if r["step"] <= since_step]
+    base = before[-1] if before else {"step": since_step, "minutes": 0.0, "cpu_seconds": 0.0}
+    last = new[-1]
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in new) / len(new)
+
+    return {
+        "steps": last["step"] - base["step"], "total_steps": last["step"],
+        "cpu_minutes": round(cpu_minutes(last, threads) - cpu_minutes(base, threads), 1),
+        "total_cpu_minutes": round(cpu_minutes(last, threads), 1),
+        "wall_minutes": round(last["minutes"] - base["minutes"], 1),
+        "loss": round(mean("loss"), 3), "bpp": round(mean("bpp"), 3), "psnr": round(mean("mse_psnr"), 2),
+        "aux_bits_per_element": round(mean("aux_bits_per_element"), 2),
+    }
+
+
+def kodak_check(model_dir: Path, kodak: Path, out: Path, limit: int | None = None) -> Path:
+    """Kodak, every quality, checkerboard, through the real codec (`ccacodec eval`); returns the curve file."""
+    args = [sys.executable, "-m", "cca_codec.evaluate", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
+            "--out", str(out), "--no-progress"]
+    if limit:
+        args += ["--limit", str(limit)]
+    subprocess.run(args, check=True, stdout=sys.stderr)
+    return next(out.glob("*checkerboard*.json"))
+
+
+def bd_rates(curve: Path, references: dict[str, Path]) -> dict[str, float | None]:
+    """BD-rate (%) of `curve` against each named reference curve file (None where they do not overlap)."""
+    from .bdrate import bd_rate, load_curve
+
+    _, bpp, psnr = load_curve(curve)
+    out: dict[str, float | None] = {}
+    for name, path in references.items():
+        _, rb, rp = load_curve(path)
+        try:
+            out[name] = round(bd_rate(rb, rp, bpp, psnr), 2)
+        except ValueError:
+            out[name] = None
+    return out
+
+
+def append_stint_row(training_md: Path, row: dict) -> None:
+    """Append one row to TRAINING.md's table of background stints (the table is created once)."""
+    text = training_md.read_text() if training_md.exists() else f"# {training_md.parent.name}: training log\n"
+    header = (
+        f"\n{STINTS_HEADING}\n\n"
+        "One row per stint of the background run (`python -m cca_codec.background finish`). CPU minutes are minutes of\n"
+        "the whole 2-core machine (process CPU time / threads); Kodak: all 24 images, checkerboard, bpp from file sizes,\n"
+        "PSNR-RGB per image then averaged; BD-rates in %, negative = fewer bits. \"vs shipped\" compares with the\n"
+        "weights committed at the time.\n\n"
+        "| date | steps (total) | CPU min (total) | wall min | recipe | train loss / bpp / PSNR | Kodak q1 / q4 / q8 bpp @ dB | "
+        "vs JPEG | vs VTM | vs BPG | vs shipped | committed |\n"
+        "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|\n"
+    )
+    if STINTS_HEADING not in text:
+        text = text.rstrip("\n") + "\n" + header
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:+.1f}"
+
+    line = (
+        f"| {row['date']} | {row['steps']:,} ({row['total_steps']:,}) | {row['cpu_minutes']} ({row['total_cpu_minutes']}) | "
+        f"{row['wall_minutes']} | {row['recipe']} | {row['loss']} / {row['bpp']} / {row['psnr']} | {row['kodak']} | "
+        f"{fmt(row['bd'].get('jpeg'))} | {fmt(row['bd'].get('vtm'))} | {fmt(row['bd'].get('bpg'))} | "
+        f"{fmt(row['bd'].get('shipped'))} | {row['committed']} |\n"
+    )
+    lines = text.rstrip("\n").split("\n")
+    start = lines.index(STINTS_HEADING)
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("## "):
+        end += 1
+    while end > start and not lines[end - 1].startswith("|"):
+        end -= 1
+    lines.insert(end, line.rstrip("\n"))
+    atomic_write(training_md, ("\n".join(lines) + "\n").encode())
+
+
+def _recipe_text(args: list[str]) -> str:
+    """The recipe flags that matter, compactly: 'b4x256 bf16 cl constant 1e-4 ema0.998'."""
+    a = dict(zip(args, args[1:] + [""]))
+    parts = [f"b{a.get('--batch', '8')}x{a.get('--crop', '256')}"]
+    parts += [f for f, name in (("bf16", "--bf16"), ("cl", "--channels-last")) if name in args]
+    parts += [a.get("--schedule", "cosine"), a.get("--lr", "1e-4")]
+    if "--ema" in a:
+        parts.append(f"ema{a['--ema']}")
+    if "--variant" in a:
+        parts.append(a["--variant"])
+    return " ".join(parts)
+
+
+def _kodak_points(curve: Path) -> str:
+    from .bdrate import load_curve
+
+    _, bpp, psnr = load_curve(curve)
+    picks = [i for i in (0, 3, 7) if i < len(bpp)]
+    return " / ".join(f"{bpp[i]:.3f} @ {psnr[i]:.2f}" for i in picks)
+
+
+def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: int, install: bool, limit: int | None) -> dict:
+    """Stop, export the EMA weights, run the Kodak check, append the TRAINING.md row and, with
+    `install`, copy the weights into `models_dir/model_id` when BD-rate against the shipped
+    weights is negative. Returns the row."""
+    import shutil
+
+    import torch
+
+    from .train import export_state
+
+    stop(run)
+    if not run.state.exists():
+        raise FileNotFoundError(f"no training state in {run.directory}: nothing to export")
+    state = torch.load(run.state, map_location="cpu", weights_only=False)
+    step = state["step"]
+    stamp = f"step{step}"
+    export = export_state(run.state, run.directory / "export" / stamp / model_id, model_id)
+    curve = kodak_check(export, kodak, run.directory / "kodak" / stamp, limit)
+    shipped_dir = models_dir / model_id
+    references = {"jpeg": ANCHORS / BD_ANCHORS[0], "vtm": ANCHORS / BD_ANCHORS[1], "bpg": ANCHORS / BD_ANCHORS[2]}
+    if (shipped_dir / KODAK_RESULT).exists():
+        references["shipped"] = shipped_dir / KODAK_RESULT
+    bd = bd_rates(curve, {k: v for k, v in references.items() if v.exists()})
+    marks = _stint_marks(run)
+    since = marks[-1] if marks else 0
+    summary = stint_summary(run.records(), since, threads)
+    improved = bd.get("shipped") is not None and bd["shipped"] < 0
+    committed = "no"
+    if install and improved and limit is None:
+        for name in ("model.json", "weights.safetensors", "MODEL_CARD.md"):
+            shutil.copyfile(export / name, shipped_dir / name)
+        shutil.copyfile(curve, shipped_dir / KODAK_RESULT)
+        committed = "yes"
+    recipe = json.loads(run.recipe.read_text())["args"] if run.recipe.exists() else RECIPE
+    row = {
+        "date": datetime.now(timezone.utc).date().isoformat(), **summary, "recipe": _recipe_text(recipe),
+        "kodak": _kodak_points(curve), "bd": bd, "committed": committed, "export": str(export), "curve": str(curve),
+    }
+    if summary.get("steps"):
+        append_stint_row(shipped_dir / "TRAINING.md", row)
+        with open(run.directory / "stints.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **row}) + "\n")
+    return row
+
+
+def _stint_marks(run: Run) -> list[int]:
+    """The steps at which earlier stints ended."""
+    try:
+        return [json.loads(line)["step"] for line in (run.directory / "stints.jsonl").read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.background") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=DEFAULT_RUN, help="run name (a folder of $CCACODEC_TRAIN_DIR)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="trainer threads (default: every core)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("start", help="start or resume the background run")
+    s.add_argument("--init", default=None, help="model id or directory to warm-start a new run from (default: the default model)")
+    s.add_argument("--data", type=Path, default=None, help="training pack (default: $CCACODEC_TRAIN_DIR/pack, built when missing)")
+    s.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="photographs to build the pack from")
+    s.add_argument("--fresh", action="store_true", help="a new run starts from random weights instead of --init")
+    s.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: trainer flags replacing the stored recipe's additions")
+    st = sub.add_parser("status", help="print where the run stands")
+    st.add_argument("--json", action="store_true")
+    sub.add_parser("stop", help="stop the run (its state is saved)")
+    sub.add_parser("pause", help="pause the run (SIGSTOP) for a clean foreground timing")
+    sub.add_parser("resume", help="let a paused run go on (SIGCONT)")
+    w = sub.add_parser("_watch", help=argparse.SUPPRESS)
+    w.add_argument("pid", type=int)
+    f = sub.add_parser("finish", help="stop, export, Kodak check, TRAINING.md row")
+    f.add_argument("--model-id", default="cca-compact")
+    f.add_argument("--models-dir", type=Path, default=REPO / "models")
+    f.add_argument("--kodak", type=Path, default=DEFAULT_KODAK)
+    f.add_argument("--limit", type=int, default=None, help="first N Kodak images only (a quick look; never installs)")
+    f.add_argument("--install", action="store_true", help="copy the weights into the models folder when BD-rate improved")
+    a = p.parse_args(argv)
+    run = Run(train_root() / a.run)
+    if a.command == "start":
+        extra = [x for x in a.train_args if x != "--"]
+        start(run, init=a.init, data=a.data or train_root() / "pack", source=a.source, threads=a.threads, extra=extra, fresh=a.fresh)
+    elif a.command == "status":
+        info = status(run, a.threads)
+        print(json.dumps(info, indent=2)) if a.json else _print_status(info)
+    elif a.command == "stop":
+        print("stopped" if stop(run) else "not running", file=sys.stderr)
+    elif a.command == "_watch":
+        watch(run, a.pid)
+    elif a.command in ("pause", "resume"):
+        sent = pause(run, a.command == "pause")
+        print(("paused" if a.command == "pause" else "resumed") if sent else "not running", file=sys.stderr)
+    else:
+        row = finish(run, model_id=a.model_id, models_dir=a.models_dir, kodak=a.kodak, threads=a.threads, install=a.install, limit=a.limit)
+        print(json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()
