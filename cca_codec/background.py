@@ -167,13 +167,38 @@ def _process_jiffies(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
+class YieldDecider:
+    """The watcher's decisions, from one measurement per period of the other processes' CPU use:
+    stop at once above `busy`; go on after `quiet_seconds` below `quiet`, unless paused."""
+
+    def __init__(self, policy: YieldPolicy) -> None:
+        self.policy, self.stopped, self.quiet_since = policy, False, None
+
+    def step(self, other_cores: float, now: float, paused: bool = False) -> str | None:
+        """Returns "stop", "continue" or None (nothing to do)."""
+        p = self.policy
+        if other_cores > p.busy:
+            self.quiet_since = None
+            if not self.stopped:
+                self.stopped = True
+                return "stop"
+        elif self.stopped and other_cores < p.quiet and not paused:
+            self.quiet_since = self.quiet_since if self.quiet_since is not None else now
+            if now - self.quiet_since >= p.quiet_seconds:
+                self.stopped, self.quiet_since = False, None
+                return "continue"
+        else:
+            self.quiet_since = None
+        return None
+
+
 def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
     """Stop the trainer while other work uses the CPU, continue it when the machine is quiet;
     return when the trainer has exited. A `paused` file in the run directory (user's `pause`)
     keeps it stopped."""
     hz = os.sysconf("SC_CLK_TCK")
     me = os.getpid()
-    stopped, quiet_since = False, None
+    decider = YieldDecider(policy)
     last_total, last_trainer, last_me = _busy_jiffies(), _process_jiffies(pid), _process_jiffies(me)
     while last_trainer is not None and not _is_zombie(pid):
         time.sleep(policy.period)
@@ -182,25 +207,18 @@ def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
             break
         other = (total - last_total - (trainer - last_trainer) - (mine - last_me)) / hz / policy.period
         last_total, last_trainer, last_me = total, trainer, mine
-        now = time.monotonic()
-        if other > policy.busy:
-            quiet_since = None
-            if not stopped:
-                os.kill(pid, signal.SIGSTOP)
-                stopped = True
-        elif stopped and other < policy.quiet and not (run.directory / "paused").exists():
-            quiet_since = quiet_since or now
-            if now - quiet_since >= policy.quiet_seconds:
-                os.kill(pid, signal.SIGCONT)
-                stopped, quiet_since = False, None
-        else:
-            quiet_since = None
+        action = decider.step(other, time.monotonic(), (run.directory / "paused").exists())
+        if action:
+            os.kill(pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
 
 
-def start(run: Run, *, init: str | None, data: Path, source: Path, threads: int, extra: list[str], fresh: bool = False) -> int:
+def start(
+    run: Run, *, init: str | None, data: Path, source: Path, threads: int, extra: list[str], fresh: bool = False, yield_cpu: bool = True
+) -> int:
     """Start the trainer detached: resuming from state.pt when there is one, else warm-started
     from the model `init` (default: the default model), or from random weights with `fresh`.
-    Returns its pid."""
+    With `yield_cpu` a watcher stops it while other work uses the CPU (two yielding runs on one
+    machine would stop each other: run at most one so). Returns its pid."""
     pid = run.pid()
     if pid is not None:
         print(f"already running (pid {pid}): {run.directory}", file=sys.stderr)
@@ -217,10 +235,10 @@ def start(run: Run, *, init: str | None, data: Path, source: Path, threads: int,
     from .checkpoint import resolve_model_dir
 
     args = [sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(run.directory)]
-    if not fresh:
-        args += ["--init", str(resolve_model_dir(init))]
     if run.state.exists():
         args += ["--resume", str(run.state)]
+    elif not fresh:
+        args += ["--init", str(resolve_model_dir(init))]
     args += recipe
     with open(run.output, "ab") as out:
         out.write(f"\n# {datetime.now(timezone.utc).isoformat(timespec='seconds')} start: {' '.join(args)}\n".encode())
@@ -231,13 +249,14 @@ def start(run: Run, *, init: str | None, data: Path, source: Path, threads: int,
         )
     atomic_write(run.pid_file, f"{proc.pid}\n".encode())
     (run.directory / "paused").unlink(missing_ok=True)
-    with open(run.output, "ab") as out:
-        subprocess.Popen(
-            [sys.executable, "-m", "cca_codec.background", "--run", run.directory.name, "_watch", str(proc.pid)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=trainer_environment(1), start_new_session=True,
-        )
     origin = "resuming" if "--resume" in args else ("from random weights" if fresh else "from " + args[args.index("--init") + 1])
-    print(f"started (pid {proc.pid}, {origin}): {run.directory}", file=sys.stderr)
+    print(f"started (pid {proc.pid}, {origin}{'' if yield_cpu else ', not yielding'}): {run.directory}", file=sys.stderr)
+    if yield_cpu:
+        with open(run.output, "ab") as out:
+            subprocess.Popen(
+                [sys.executable, "-m", "cca_codec.background", "--run", run.directory.name, "_watch", str(proc.pid)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=trainer_environment(1), start_new_session=True,
+            )
     return proc.pid
 
 
@@ -302,6 +321,8 @@ def status(run: Run, threads: int) -> dict:
     info["paused"] = (run.directory / "paused").exists()
     if run.state.exists():
         info["state_saved"] = datetime.fromtimestamp(run.state.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    if not info["running"] and run.output.exists():  # why it stopped, e.g. a traceback
+        info["last_output"] = run.output.read_text(errors="replace").splitlines()[-3:]
     if recs:
         last = recs[-1]
         window = [r for r in recs if last["minutes"] - r["minutes"] <= 10 and r["step"] < last["step"]]
@@ -322,6 +343,8 @@ def _print_status(info: dict) -> None:
     if info["running"]:
         state = f"running (pid {info['pid']}{', paused' if info['paused'] else ', yielding to foreground work' if info['yielding'] else ''})"
     print(f"{info['run']}: {state}; state saved {info['state_saved'] or 'never'}")
+    for line in info.get("last_output", []):
+        print(f"  train.log: {line}")
     if info["steps"]:
         print(
             f"step {info['steps']}  {info.get('steps_per_s_recent') or '?'} steps/s (last 10 min)  "
@@ -496,6 +519,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.backgro
     s.add_argument("--data", type=Path, default=None, help="training pack (default: $CCACODEC_TRAIN_DIR/pack, built when missing)")
     s.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="photographs to build the pack from")
     s.add_argument("--fresh", action="store_true", help="a new run starts from random weights instead of --init")
+    s.add_argument("--no-yield", action="store_true", help="no watcher: the trainer keeps running (SCHED_IDLE) beside foreground work")
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: trainer flags replacing the stored recipe's additions")
     st = sub.add_parser("status", help="print where the run stands")
     st.add_argument("--json", action="store_true")
@@ -514,7 +538,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.backgro
     run = Run(train_root() / a.run)
     if a.command == "start":
         extra = [x for x in a.train_args if x != "--"]
-        start(run, init=a.init, data=a.data or train_root() / "pack", source=a.source, threads=a.threads, extra=extra, fresh=a.fresh)
+        start(run, init=a.init, data=a.data or train_root() / "pack", source=a.source, threads=a.threads, extra=extra, fresh=a.fresh, yield_cpu=not a.no_yield)
     elif a.command == "status":
         info = status(run, a.threads)
         print(json.dumps(info, indent=2)) if a.json else _print_status(info)

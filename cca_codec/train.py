@@ -55,6 +55,7 @@ class TrainOptions:
     variant: str = "official"
     alpha: float = 1.0
     checkerboard_prob: float = 0.5
+    qualities: str = ""
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
@@ -121,12 +122,19 @@ class WeightAverage:
 class Trainer:
     """Holds everything a training run needs; `state_dict` covers all of it."""
 
-    def __init__(self, o: TrainOptions) -> None:
+    def __init__(self, o: TrainOptions, resume_from: dict | None = None) -> None:
+        """A new run from `o.init`'s weights or a fresh `o.config` network; with `resume_from` (a
+        saved state, loaded by :meth:`load_state_dict` afterwards) the network is built from the
+        state's own configuration and quality table instead."""
         self.o = o
         self.device = torch.device("cuda" if o.device == "auto" and torch.cuda.is_available() else ("cpu" if o.device == "auto" else o.device))
         torch.manual_seed(o.seed)
         self.qualities = DEFAULT_QUALITIES
-        if o.init:
+        if resume_from is not None:
+            if resume_from.get("qualities"):
+                self.qualities = quality_table_from_dicts(resume_from["qualities"])
+            self.net = CCAModel(ModelConfig.from_dict(resume_from["config"]), num_qualities=len(self.qualities))
+        elif o.init:
             loaded = load_model(o.init)
             if loaded.per_quality:
                 raise UsageError(f"--init {o.init}: a model with one network per quality cannot seed a training run")
@@ -152,10 +160,26 @@ class Trainer:
         self.step = 0
         self.minutes = 0.0
         self.cpu_seconds = 0.0  # process CPU time (all threads) spent training, over every call
+        self.train_qualities = self.quality_choice(o.qualities)
         table = self.qualities
         self.q_values = torch.tensor([float(q.quality) for q in table])
         self.q_dist = torch.tensor([q.distortion_weight for q in table])
         self.q_beta = torch.tensor([q.beta for q in table])
+
+    def quality_choice(self, text: str) -> torch.Tensor:
+        """Indices into the quality table of the qualities samples are drawn from: every one, or
+        the comma-separated integer qualities of `--qualities` (e.g. "4" for one operating point)."""
+        known = [q.quality for q in self.qualities]
+        if not text:
+            return torch.arange(len(known))
+        try:
+            wanted = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise UsageError(f"--qualities {text!r}: give comma-separated integer qualities, e.g. 3,4") from None
+        missing = [q for q in wanted if q not in known]
+        if missing:
+            raise UsageError(f"--qualities: {missing} not in the quality table {known}")
+        return torch.tensor([known.index(q) for q in wanted])
 
     def state_dict(self) -> dict:
         return {
@@ -200,7 +224,7 @@ class Trainer:
         x = self.sampler.sample(o.batch)
         if o.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        pick = torch.randint(0, len(self.q_values), (o.batch,), generator=self.gen)
+        pick = self.train_qualities[torch.randint(0, len(self.train_qualities), (o.batch,), generator=self.gen)]
         checkerboard = bool(torch.rand(1, generator=self.gen) < o.checkerboard_prob) and self.net.context.spatial is not None
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=o.bf16):
@@ -298,9 +322,10 @@ def model_card(model_id: str, net: CCAModel, info: dict) -> str:
 
 def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
     """Train until `steps`, `max_minutes` or `max_steps` (this call) is reached, or a signal."""
-    trainer = Trainer(o)
-    if o.resume:
-        trainer.load_state_dict(torch.load(o.resume, map_location=trainer.device, weights_only=False))
+    state = torch.load(o.resume, map_location="cpu", weights_only=False) if o.resume else None
+    trainer = Trainer(o, resume_from=state)
+    if state is not None:
+        trainer.load_state_dict(state)
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature

@@ -1,0 +1,148 @@
+"""The background training run: start, status, pause, stop, resume from state, finish with a
+Kodak-style check and a TRAINING.md row, and the watcher that yields the CPU to foreground work."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cca_codec import background as bg
+from cca_codec.checkpoint import load_model
+
+TINY = ["--config", "cca-tiny", "--batch", "2", "--crop", "64", "--warmup", "2", "--log-every", "1", "--save-minutes", "0.02"]
+
+
+def photos(directory: Path, count: int, size: tuple[int, int]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        h, w = size
+        yy, xx = np.mgrid[0:h, 0:w] / 23.0
+        img = np.stack([np.sin(xx + i), np.cos(yy - i), np.sin(xx * yy / 9)], -1) * 90 + 128
+        Image.fromarray((img + rng.normal(0, 5, img.shape)).clip(0, 255).astype(np.uint8)).save(directory / f"p{i}.png")
+    return directory
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def train_dir(tmp_path, monkeypatch):
+    """A run root of its own; whatever the test started is stopped afterwards."""
+    monkeypatch.setenv("CCACODEC_TRAIN_DIR", str(tmp_path / "train"))
+    yield tmp_path / "train"
+    bg.stop(bg.Run(tmp_path / "train" / bg.DEFAULT_RUN))
+
+
+def background(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cca_codec.background", *args], capture_output=True, text=True, timeout=300, check=check)
+
+
+def test_start_status_stop_resume_finish(train_dir, tmp_path):
+    source = photos(tmp_path / "photos", 6, (300, 320))  # the pack cuts 288x288 crops
+    kodak = photos(tmp_path / "kodak", 2, (64, 64))
+    models = tmp_path / "models"
+    (models / "cca-compact").mkdir(parents=True)
+    run = bg.Run(train_dir / "cca-compact")
+
+    # no watcher: on a busy machine (or beside another background run) a yielding run may not get a step in
+    started = background("start", "--fresh", "--no-yield", "--source", str(source), "--", *TINY)
+    assert "started" in started.stderr
+    assert "already running" in background("start", "--fresh").stderr
+    pid = run.pid()
+    assert pid is not None
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    wait_for(lambda: len(run.records()) >= 3 and run.state.exists(), 120, "three logged steps and a state file")
+
+    info = json.loads(background("status", "--json").stdout)
+    assert info["running"] and info["steps"] >= 3 and info["cpu_minutes"] >= 0
+
+    background("pause")
+    wait_for(lambda: bg._process_state(pid) == "T", 10, "the paused trainer to stop")
+    steps = run.records()[-1]["step"]
+    time.sleep(1.5)
+    assert run.records()[-1]["step"] == steps, "a paused trainer went on"
+    assert "paused" in background("status").stdout
+
+    background("stop")
+    assert run.pid() is None and not Path(f"/proc/{pid}").exists() or bg._is_zombie(pid)
+    import torch
+
+    saved = torch.load(run.state, map_location="cpu", weights_only=False)["step"]
+    assert saved >= steps
+
+    background("start", "--no-yield", "--source", str(source))  # the stored recipe, resumed from state.pt
+    wait_for(lambda: run.records()[-1]["step"] > saved, 120, "the resumed run to take a step")
+    assert "--resume" in run.output.read_text().rsplit("# ", 1)[1]
+
+    row = json.loads(background("finish", "--models-dir", str(models), "--kodak", str(kodak)).stdout)
+    assert run.pid() is None
+    assert row["steps"] > 0 and row["total_steps"] >= row["steps"]
+    assert set(row["bd"]) >= {"jpeg", "vtm", "bpg"} and row["committed"] == "no"
+    model = load_model(row["export"])
+    assert model.info["steps"] == row["total_steps"]
+    table = (models / "cca-compact" / "TRAINING.md").read_text()
+    assert bg.STINTS_HEADING in table and "| b2x64 bf16 cl constant 1e-4 ema0.998 |" in table
+
+
+def test_append_stint_row_keeps_one_table(tmp_path):
+    md = tmp_path / "TRAINING.md"
+    md.write_text("# m: training log\n\nintro\n\n## Later section\n\ntext\n")
+    row = {"date": "2026-12-01", "steps": 10, "total_steps": 110, "cpu_minutes": 1.5, "total_cpu_minutes": 9.0, "wall_minutes": 3.0,
+           "recipe": "b4x256", "loss": 1.0, "bpp": 0.5, "psnr": 28.0, "kodak": "0.3 @ 27", "bd": {"jpeg": -3.25, "vtm": None},
+           "committed": "no"}
+    bg.append_stint_row(md, row)
+    bg.append_stint_row(md, {**row, "steps": 20, "committed": "yes"})
+    text = md.read_text()
+    assert text.count(bg.STINTS_HEADING) == 1
+    rows = [line for line in text.splitlines() if line.startswith("| 2026-12-01")]
+    assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
+
+
+def test_yield_decisions():
+    d = bg.YieldDecider(bg.YieldPolicy(busy=0.2, quiet=0.1, quiet_seconds=3.0))
+    assert d.step(0.05, 0.0) is None  # quiet and running: nothing to do
+    assert d.step(0.9, 0.25) == "stop"
+    assert d.step(0.9, 0.5) is None  # already stopped
+    assert [d.step(0.05, t) for t in (1.0, 2.0, 3.5)] == [None, None, None]  # quiet for 2.5 s only
+    assert d.step(0.5, 3.75) is None  # busy again: the quiet period starts over
+    assert [d.step(0.15, t) for t in (4.0, 8.0)] == [None, None]  # between quiet and busy: stays stopped
+    assert [d.step(0.05, t) for t in (8.25, 11.0, 11.25)] == [None, None, "continue"]
+    assert d.step(0.9, 11.5) == "stop"
+    assert [d.step(0.0, t, paused=True) for t in (12.0, 20.0)] == [None, None]  # a user's pause holds
+
+
+def test_watcher_stops_the_trainer_while_the_foreground_is_busy(tmp_path):
+    """A busy child stands in for the trainer, another one (a full core) for the foreground work."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    run = bg.Run(tmp_path)
+    watcher = threading.Thread(target=bg.watch, args=(run, child.pid, bg.YieldPolicy(period=0.1)), daemon=True)
+    try:
+        watcher.start()
+        time.sleep(0.5)
+        foreground = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+        stopped = False
+        while foreground.poll() is None and not stopped:
+            time.sleep(0.05)
+            stopped = bg._process_state(child.pid) == "T"
+        foreground.kill()
+        foreground.wait()
+        assert stopped, "the watcher did not stop the trainer while the foreground was busy"
+    finally:
+        child.kill()
+        child.wait()
+    watcher.join(timeout=5)
+    assert not watcher.is_alive(), "the watcher outlived its trainer"
