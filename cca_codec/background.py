@@ -213,16 +213,22 @@ def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
 
 
 def start(
-    run: Run, *, init: str | None, data: Path, source: Path, threads: int, extra: list[str], fresh: bool = False, yield_cpu: bool = True
+    run: Run, *, init: str | None, data: Path, source: Path, threads: int, extra: list[str], fresh: bool = False,
+    yield_cpu: bool = True, restart: bool = False,
 ) -> int:
     """Start the trainer detached: resuming from state.pt when there is one, else warm-started
     from the model `init` (default: the default model), or from random weights with `fresh`.
     With `yield_cpu` a watcher stops it while other work uses the CPU (two yielding runs on one
-    machine would stop each other: run at most one so). Returns its pid."""
+    machine would stop each other: run at most one so). `restart` archives the run directory
+    first (e.g. to go on from weights trained on a GPU). Returns its pid."""
     pid = run.pid()
     if pid is not None:
         print(f"already running (pid {pid}): {run.directory}", file=sys.stderr)
         return pid
+    if restart and run.directory.exists():
+        archive = run.directory.with_name(f"{run.directory.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+        run.directory.rename(archive)
+        print(f"archived the previous run as {archive}", file=sys.stderr)
     run.directory.mkdir(parents=True, exist_ok=True)
     if extra:
         recipe = RECIPE + extra
@@ -519,6 +525,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.backgro
     s.add_argument("--data", type=Path, default=None, help="training pack (default: $CCACODEC_TRAIN_DIR/pack, built when missing)")
     s.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="photographs to build the pack from")
     s.add_argument("--fresh", action="store_true", help="a new run starts from random weights instead of --init")
+    s.add_argument("--restart", action="store_true", help="archive the run's directory and start anew from --init (e.g. GPU weights)")
     s.add_argument("--no-yield", action="store_true", help="no watcher: the trainer keeps running (SCHED_IDLE) beside foreground work")
     s.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: trainer flags replacing the stored recipe's additions")
     st = sub.add_parser("status", help="print where the run stands")
@@ -538,7 +545,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.backgro
     run = Run(train_root() / a.run)
     if a.command == "start":
         extra = [x for x in a.train_args if x != "--"]
-        start(run, init=a.init, data=a.data or train_root() / "pack", source=a.source, threads=a.threads, extra=extra, fresh=a.fresh, yield_cpu=not a.no_yield)
+        start(run, init=a.init, data=a.data or train_root() / "pack", source=a.source, threads=a.threads, extra=extra, fresh=a.fresh, yield_cpu=not a.no_yield, restart=a.restart)
     elif a.command == "status":
         info = status(run, a.threads)
         print(json.dumps(info, indent=2)) if a.json else _print_status(info)
