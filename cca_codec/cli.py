@@ -377,6 +377,9 @@ _max_pixels_option = click.option(
 @_output_option
 @_output_dir_option
 @click.option("-q", "--quality", type=float, help="Quality, 1 .. number of the model's qualities (may be fractional); default: the model's.")
+@click.option("--target-bpp", type=float, metavar="BPP", help="Choose the quality that gives BPP bits per pixel (within 2 %).")
+@click.option("--target-psnr", type=float, metavar="DB", help="Choose the quality that gives a decoded PSNR-RGB of DB (within 0.05 dB).")
+@click.option("--target-size", type=int, metavar="BYTES", help="Choose the quality that gives a file of BYTES (within 2 %).")
 @click.option("--context", type=click.Choice(CONTEXT_MODES), help="Context mode; default: checkerboard when the model has a spatial context.")
 @click.option(
     "--tile", type=click.IntRange(min=0), metavar="N",
@@ -395,6 +398,9 @@ def encode(
     output: str | None,
     output_dir: str | None,
     quality: float | None,
+    target_bpp: float | None,
+    target_psnr: float | None,
+    target_size: int | None,
     context: str | None,
     tile: int | None,
     model: str | None,
@@ -410,6 +416,10 @@ def encode(
 
     INPUT is any image Pillow reads (PNG, JPEG, WebP, TIFF, BMP, PPM ...), or '-' for
     standard input.
+
+    Rate control: --target-bpp, --target-psnr or --target-size (one of them, without
+    --quality) searches the fractional quality on real encodings of each image. A target out
+    of the model's range gives the nearest end of the range and a warning (exit code 0).
     """
     if as_json and output == STDOUT:
         raise click.UsageError("--json cannot be combined with -o - (standard output carries the .cca data)")
@@ -417,7 +427,9 @@ def encode(
     _set_threads(threads)
     checkpoint, codec = _torch_modules()
     from .imageio import load_image
+    from .ratecontrol import Target, encode_to_target
 
+    target = Target.from_options(bpp=target_bpp, psnr=target_psnr, size=target_size, quality=quality)
     codec.resolve_device(device)
     loaded = checkpoint.load_model(model)
     q = float(loaded.default_quality if quality is None else quality)
@@ -428,7 +440,12 @@ def encode(
         _check_not_exists(dst, no_overwrite)
         image = load_image(_read_bytes(src) if src == STDIN else src, max_pixels=max_pixels)
         start = time.perf_counter()
-        data = codec.encode_image(image, loaded, quality=q, context=mode, device=device, tile=tile)
+        if target is None:
+            rate, chosen = None, q
+            data = codec.encode_image(image, loaded, quality=q, context=mode, device=device, tile=tile)
+        else:
+            rate = encode_to_target(image, loaded, target, context=mode, device=device, tile=tile)
+            data, chosen = rate.data, rate.quality
         seconds = time.perf_counter() - start
         write_output(dst, data, overwrite=not no_overwrite)
         bpp = 8 * len(data) / (image.width * image.height)
@@ -436,12 +453,17 @@ def encode(
             _say(f"{_in_label(src)} -> {_out_label(dst)}: {len(data)} bytes, {bpp:.3f} bpp, {seconds:.2f} s")
             for note in image.notes:
                 _say(f"note: {note}")
+        if rate is not None and (not rate.met or not quiet):
+            kind = "rate control" if rate.met else f"{PROG}: warning"
+            _say(f"{kind}: {_in_label(src)}: {rate.message}")
         if as_json:
             record = {
                 "input": src, "output": dst, "bytes": len(data), "bpp": bpp,
-                "width": image.width, "height": image.height, "quality": q, "context": mode,
+                "width": image.width, "height": image.height, "quality": chosen, "context": mode,
                 "seconds": seconds, "notes": list(image.notes),
             }
+            if rate is not None:
+                record["rate_control"] = rate.to_dict()
             click.echo(json.dumps(record))
 
     click.get_current_context().exit(_run_jobs(planned, work, quiet, jobs))

@@ -144,6 +144,31 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int | None = 
     notes: list[str] = []
     with _pixel_limit(max_pixels):
         img, raw_mode, exif, orientation = _decode_first_frame(data, label, notes)
+    return _normalise(img, raw_mode, exif, orientation, label, notes)
+
+
+def image_from_pil(img: Image.Image, label: str = "image") -> SourceImage:
+    """An image already in memory (a Pillow image, its current frame) under :func:`load_image`'s policy.
+
+    Its ICC profile (``img.info``) and EXIF (``img.getexif()``, orientation applied to the pixels)
+    are carried; ``img`` itself is left unchanged. The bit depth Pillow reduced while loading a
+    file (16-bit RGB) is no longer known here: such pixels count as 8-bit.
+
+    Raises:
+        InputError: an unsupported pixel mode (``label`` names the image in the message).
+    """
+    with _pillow_errors(label):
+        img.load()
+    exif = Image.Exif()
+    exif.load(img.getexif().tobytes())  # a copy: the policy edits it
+    return _normalise(img, "", exif, exif.get(_EXIF_ORIENTATION), label, [])
+
+
+def _normalise(
+    img: Image.Image, raw_mode: str, exif: Image.Exif, orientation: object, label: str, notes: list[str]
+) -> SourceImage:
+    """The policy of :func:`load_image` applied to a loaded frame (``raw_mode``, ``exif`` and
+    ``orientation`` as :func:`_decode_first_frame` returns them)."""
     icc_profile = img.info.get("icc_profile")
     oriented = _apply_orientation(img, exif, orientation, notes)
     pixels, alpha, bit_depth = _planes(oriented, raw_mode, label, notes)
