@@ -34,7 +34,7 @@ BAD = Path(__file__).resolve().parent / "data" / "bad"
 DECODE_CODES = {errors.FormatError.exit_code, errors.ModelError.exit_code}
 CASES_PER_FILE = 500
 CLI_SAMPLE = 50
-SECONDS_PER_CASE = 10.0
+SECONDS_PER_CASE = 10.0  # CPU seconds of this process (wall time depends on what else the machine runs)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_mutated_files_end_in_documented_errors(valid_files, model):
     for name, data in valid_files.items():
         for case in range(CASES_PER_FILE):
             kind, mutated = mutate(data, rng)
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 decode_bytes(mutated, model)
                 outcome = "decoded"
@@ -156,8 +156,8 @@ def test_mutated_files_end_in_documented_errors(valid_files, model):
                 assert exc.exit_code in DECODE_CODES, f"{name} case {case} ({kind}): {exc!r}"
                 assert message and "\n" not in message, f"{name} case {case} ({kind}): {message!r}"
                 outcome = f"exit {exc.exit_code}"
-            slowest = max(slowest, time.perf_counter() - start)
-            assert slowest < SECONDS_PER_CASE, f"{name} case {case} ({kind}) took {slowest:.1f} s"
+            slowest = max(slowest, time.process_time() - start)
+            assert slowest < SECONDS_PER_CASE, f"{name} case {case} ({kind}) took {slowest:.1f} CPU s"
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
     assert growth_mib < 512, f"peak memory grew by {growth_mib:.0f} MiB"
@@ -228,8 +228,8 @@ def test_corpus_is_what_the_script_makes():
 def test_declared_sizes_are_checked_before_allocation(model):
     """A header claiming a huge image is refused at once, whatever follows it."""
     data = (BAD / "bomb_65535x65535.cca").read_bytes()
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(errors.FormatError, match="decompression-bomb"):
         decode_bytes(data, model)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     assert np.iinfo(np.int64).max > 65535**2  # the product cannot overflow
