@@ -127,7 +127,7 @@ class Trainer:
         torch.manual_seed(o.seed)
         self.qualities = DEFAULT_QUALITIES
         if o.init:
-            loaded = load_model(o.init)
+            loaded = load_model(o.init, trainable=True)
             if loaded.per_quality:
                 raise UsageError(f"--init {o.init}: a model with one network per quality cannot seed a training run")
             self.net, self.qualities = loaded.net.float().train(), loaded.qualities
