@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     OpenMP threads wait passively unless the user says otherwise: spinning threads make a
     2-core machine that is busy with anything else many times slower. On the way out the heap
     is frozen (gc.freeze), so that the interpreter's shutdown does not search the objects torch
-    made for cycles: that takes about 0.3 s of a fresh process's run (docs/RESULTS.md).
+    made for cycles (tenths of a second idle, seconds on a loaded machine: docs/RESULTS.md).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
