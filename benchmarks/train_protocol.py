@@ -102,7 +102,7 @@ def train_compressai(spec: dict, data: str, minutes: float, seed: int) -> tuple[
 
 def slice_bit_shares(model_dir: Path, images: list[Path]) -> list[float]:
     """Share of y's estimated bits in each slice (checkerboard context, quality 4), over the images."""
-    model = load_model(model_dir)
+    model = load_model(model_dir, trainable=True)  # the training pass's likelihoods
     net, sizes = model.net.float().eval(), model.net.cfg.slice_sizes
     totals = np.zeros(len(sizes))
     with torch.no_grad():

@@ -1,10 +1,11 @@
 """Speed benchmark: per-stage timing of encode and decode, beside classical codecs on the same image.
 
     ccacodec bench [IMAGE] [--model ID|DIR] [-q Q] [--context MODE] [--device auto|cpu|cuda]
-        [--threads 1,2] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
+        [--threads 1,2] [--precision auto,fp32,bf16] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
 
 IMAGE defaults to the bundled samples/seeding.png. One *run* per CPU thread count (``--threads``)
-and, when a GPU is present (``--device auto|cuda``), one on CUDA. A run does one untimed
+and, when a GPU is present (``--device auto|cuda``), one on CUDA, each once per transform
+precision (``--precision``, cca_codec.precision; default auto, the CLI's default). A run does one untimed
 warm-up round (moving the network to the device, building the coding tables), then
 ``--repeat`` timed rounds of the file-to-file path a user sees:
 
@@ -49,6 +50,7 @@ from .evaluate import output_rgb
 from .fileio import atomic_write, read_file
 from .imageio import DecodedImage, SourceImage, load_image, save_image
 from .metrics import bits_per_pixel, psnr
+from .precision import PRECISIONS, resolve_precision
 from .timing import CONTAINER_READ, CONTAINER_WRITE, IMAGE_READ, IMAGE_WRITE, StageTimer, is_entropy_step, pipeline_order
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
@@ -61,16 +63,16 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Where one run executes: a device and, on the CPU, a thread count."""
+    """Where one run executes: a device and, on the CPU, a thread count; how its transforms run."""
 
     device: torch.device
     threads: int | None
+    precision: str = "auto"
 
     @property
     def label(self) -> str:
-        if self.device.type == "cuda":
-            return "cuda"
-        return f"cpu, {self.threads} thread{'s' if self.threads != 1 else ''}"
+        where = "cuda" if self.device.type == "cuda" else f"cpu, {self.threads} thread{'s' if self.threads != 1 else ''}"
+        return where if self.precision == "auto" else f"{where}, {self.precision}"
 
 
 @dataclass
@@ -90,15 +92,16 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _one_round(image_path: Path, model: LoadedModel, quality: float, context: str, device: torch.device, folder: Path) -> _Round:
+def _one_round(image_path: Path, model: LoadedModel, quality: float, context: str, spec: RunSpec, folder: Path) -> _Round:
     """Encode ``image_path`` into ``folder/bench.cca`` and decode that into ``folder/bench.png``."""
+    device, precision = spec.device, spec.precision
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     cca_path, png_path = folder / "bench.cca", folder / "bench.png"
     enc = StageTimer(sync)
     start = time.perf_counter()
     with enc.stage(IMAGE_READ):
         image = load_image(image_path)
-    data = encode_image(image, model, quality=quality, context=context, device=device.type, timer=enc)
+    data = encode_image(image, model, quality=quality, context=context, device=device.type, precision=precision, timer=enc)
     with enc.stage(CONTAINER_WRITE):
         atomic_write(cca_path, data)
     encode_s = time.perf_counter() - start
@@ -106,7 +109,7 @@ def _one_round(image_path: Path, model: LoadedModel, quality: float, context: st
     start = time.perf_counter()
     with dec.stage(CONTAINER_READ):
         stored = read_file(cca_path)
-    decoded = decode_image(stored, model, device=device.type, timer=dec)
+    decoded = decode_image(stored, model, device=device.type, precision=precision, timer=dec)
     with dec.stage(IMAGE_WRITE):
         save_image(decoded, str(png_path))
     decode_s = time.perf_counter() - start
@@ -147,7 +150,7 @@ def _peak_rss_mib() -> float:
 def measure_run(image_path: Path, model: LoadedModel, quality: float, context: str, spec: RunSpec, repeat: int) -> dict:
     """Time ``repeat`` rounds (after one warm-up) on ``spec``; see the module docstring for the measures.
 
-    Returns ``{"label", "device", "threads", "warm_up_s", "encode": {"stages": {name: s},
+    Returns ``{"label", "device", "threads", "precision" (the one used), "warm_up_s", "encode": {"stages": {name: s},
     "other_s", "total_s", "megapixels_per_s"}, "decode": {...}, "peak_rss_mib", "peak_rss_scope"
     ("run" or "process"), "cuda_peak_mib" (None on the CPU), "bpp", "psnr_rgb"}``.
     """
@@ -156,12 +159,12 @@ def measure_run(image_path: Path, model: LoadedModel, quality: float, context: s
     try:
         with tempfile.TemporaryDirectory(prefix="cca-bench-") as tmp:
             start = time.perf_counter()
-            _one_round(image_path, model, quality, context, spec.device, Path(tmp))
+            _one_round(image_path, model, quality, context, spec, Path(tmp))
             warm_up_s = time.perf_counter() - start
             scope = "run" if _reset_peak_rss() else "process"
             if spec.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            rounds = [_one_round(image_path, model, quality, context, spec.device, Path(tmp)) for _ in range(repeat)]
+            rounds = [_one_round(image_path, model, quality, context, spec, Path(tmp)) for _ in range(repeat)]
     finally:
         torch.set_num_threads(previous_threads)
     last = rounds[-1]
@@ -170,6 +173,7 @@ def measure_run(image_path: Path, model: LoadedModel, quality: float, context: s
         "label": spec.label,
         "device": spec.device.type,
         "threads": spec.threads,
+        "precision": resolve_precision(spec.precision, spec.device),
         "warm_up_s": warm_up_s,
         "encode": _median_stages([r.encode for r in rounds], [r.encode_s for r in rounds], megapixels),
         "decode": _median_stages([r.decode for r in rounds], [r.decode_s for r in rounds], megapixels),
@@ -206,15 +210,20 @@ def measure_classical(codec: classical.ClassicalCodec, image: SourceImage, repea
     }
 
 
-def run_specs(device: str, threads: Sequence[int]) -> list[RunSpec]:
+def run_specs(device: str, threads: Sequence[int], precisions: Sequence[str] = ("auto",)) -> list[RunSpec]:
     """CPU runs with each thread count (unless ``device`` is cuda), and a CUDA run when one is
-    asked for or (``auto``) available. UsageError: cuda asked for without a GPU."""
+    asked for or (``auto``) available, each with every precision. UsageError: cuda asked for
+    without a GPU, or a precision the device cannot run."""
     if device == "cuda":
-        return [RunSpec(resolve_device("cuda"), None)]
-    specs = [RunSpec(torch.device("cpu"), n) for n in threads]
-    if device == "auto" and torch.cuda.is_available():
-        specs.append(RunSpec(torch.device("cuda"), None))
-    return specs
+        places = [(resolve_device("cuda"), None)]
+    else:
+        places = [(torch.device("cpu"), n) for n in threads]
+        if device == "auto" and torch.cuda.is_available():
+            places.append((torch.device("cuda"), None))
+    for where, _ in places:
+        for precision in precisions:
+            resolve_precision(precision, where)
+    return [RunSpec(where, n, precision) for where, n in places for precision in precisions]
 
 
 def bench(
@@ -345,6 +354,14 @@ def _thread_counts(text: str) -> list[int]:
     return counts
 
 
+def _precisions(text: str) -> list[str]:
+    """``--precision``: comma-separated names from PRECISIONS (UsageError otherwise)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or any(name not in PRECISIONS for name in names):
+        raise UsageError(f"--precision must be comma-separated names from {', '.join(PRECISIONS)}, got {text!r}")
+    return names
+
+
 def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", type=Path, nargs="?", default=None, metavar="IMAGE", help="image to time (default: the bundled samples/seeding.png)")
@@ -353,6 +370,7 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     p.add_argument("--context", default=None, choices=["grouped", "checkerboard"], help="context mode (default: the model's)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the CPU runs, plus CUDA when present; cpu: the CPU runs; cuda: the CUDA run only (default: auto)")
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts, one run each (default: 1,2)")
+    p.add_argument("--precision", default="auto", help=f"comma-separated transform precisions, one run each ({', '.join(PRECISIONS)}; default: auto)")
     p.add_argument("--repeat", type=int, default=3, metavar="N", help="timed rounds per run, the median is reported (default: 3)")
     p.add_argument(
         "--compare", default=DEFAULT_COMPARE, metavar="CODECS",
@@ -370,7 +388,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.ben
         image = args.image or DEFAULT_IMAGE
         if args.image is None and not DEFAULT_IMAGE.is_file():
             raise UsageError(f"the bundled sample {DEFAULT_IMAGE} is not installed; give an IMAGE")
-        specs = run_specs(args.device, _thread_counts(args.threads))
+        specs = run_specs(args.device, _thread_counts(args.threads), _precisions(args.precision))
         codecs = classical.available(
             classical.resolve([key.strip() for key in args.compare.split(",") if key.strip()]), lambda line: _say(f"{prog}: {line}")
         )

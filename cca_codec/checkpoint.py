@@ -130,7 +130,7 @@ class LoadedModel:
             return QualityNetwork(self.net, q, self.weights_sha256)
         entry = self.per_quality[int(q)]
         if entry.net is None:
-            entry.net = _read_network(entry.path, entry.sha256, self.config, PER_QUALITY_GAIN_ROWS, self.model_id)
+            entry.net = _read_network(entry.path, entry.sha256, self.config, PER_QUALITY_GAIN_ROWS, self.model_id, self.net.trainable)
         return QualityNetwork(entry.net, float(PER_QUALITY_GAIN_ROWS), entry.sha256)
 
 
@@ -295,8 +295,11 @@ def writable_model_root() -> Path:
     raise InputError(f"no writable model directory on the search path ({searched}); set CCACODEC_MODELS")
 
 
-def load_model(model: str | os.PathLike | None = None) -> LoadedModel:
+def load_model(model: str | os.PathLike | None = None, *, trainable: bool = False) -> LoadedModel:
     """Load a model directory (by id or path), verifying its weights hash and shapes.
+
+    The network codes with its frozen tables and CompressAI is not imported; `trainable` gives
+    it CompressAI's entropy models instead, for training from these weights.
 
     Per-quality weights (format version 2): the default quality's network is read now, the
     others on first use (LoadedModel.at_quality), each checked against its sha256 then.
@@ -323,7 +326,7 @@ def load_model(model: str | os.PathLike | None = None) -> LoadedModel:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"cannot read model in {directory}: {exc}") from None
-    net = _read_network(path, sha256, cfg, PER_QUALITY_GAIN_ROWS if per_quality else len(qualities), model_id)
+    net = _read_network(path, sha256, cfg, PER_QUALITY_GAIN_ROWS if per_quality else len(qualities), model_id, trainable)
     if per_quality:
         per_quality[int(default_quality)].net = net
     return LoadedModel(
@@ -355,15 +358,16 @@ def _weights_path(directory: Path, name: str) -> Path:
     return directory / name
 
 
-def _read_network(path: Path, sha256: bytes, cfg: ModelConfig, num_qualities: int, model_id: str) -> CCAModel:
-    """Read a weights file into a new network (eval mode), checking its sha256 and shapes."""
+def _read_network(path: Path, sha256: bytes, cfg: ModelConfig, num_qualities: int, model_id: str, trainable: bool) -> CCAModel:
+    """Read a weights file into a new network (eval mode), checking its sha256 and shapes;
+    `trainable`: with CompressAI's entropy models (CCAModel)."""
     try:
         weights = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"cannot read model {model_id!r} weights {path}: {exc.strerror or exc}") from None
     if hashlib.sha256(weights).digest() != sha256:
         raise ModelError(f"weights of model {model_id!r} in {path.parent} do not match their sha256 ({path.name})")
-    net = CCAModel(cfg, num_qualities=num_qualities)
+    net = CCAModel(cfg, num_qualities=num_qualities, trainable=trainable)
     try:
         state = {
             k: (v if not v.is_floating_point() or k.endswith(_EXACT_BUFFERS) else v.float())

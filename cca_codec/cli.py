@@ -15,6 +15,7 @@ the first file that failed.
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -146,10 +147,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the command line and exit with its code.
 
     OpenMP threads wait passively unless the user says otherwise: spinning threads make a
-    2-core machine that is busy with anything else many times slower.
+    2-core machine that is busy with anything else many times slower. On the way out the heap
+    is frozen (gc.freeze), so that the interpreter's shutdown does not search the objects torch
+    made for cycles (tenths of a second idle, seconds on a loaded machine: docs/RESULTS.md).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)
+    finally:
+        gc.freeze()
 
 
 # ------------------------------------------------------------------------ shared helpers
@@ -354,6 +360,10 @@ _device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
     help="Where the network runs.",
 )
+_precision_option = click.option(  # the choices of cca_codec.precision.PRECISIONS (not imported: it needs torch)
+    "--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+    help="How the image transforms run: bf16 (fast, on a CPU with native bf16), fp32 (exact), auto: bf16 where native.",
+)
 _threads_option = click.option(
     "--threads", type=click.IntRange(min=1), metavar="N", help="CPU threads torch may use (default: torch's choice)."
 )
@@ -387,6 +397,7 @@ _max_pixels_option = click.option(
 )
 @_model_option
 @_device_option
+@_precision_option
 @_threads_option
 @_jobs_option
 @_max_pixels_option
@@ -405,6 +416,7 @@ def encode(
     tile: int | None,
     model: str | None,
     device: str,
+    precision: str,
     threads: int | None,
     jobs: int,
     max_pixels: int,
@@ -442,9 +454,9 @@ def encode(
         start = time.perf_counter()
         if target is None:
             rate, chosen = None, q
-            data = codec.encode_image(image, loaded, quality=q, context=mode, device=device, tile=tile)
+            data = codec.encode_image(image, loaded, quality=q, context=mode, device=device, tile=tile, precision=precision)
         else:
-            rate = encode_to_target(image, loaded, target, context=mode, device=device, tile=tile)
+            rate = encode_to_target(image, loaded, target, context=mode, device=device, tile=tile, precision=precision)
             data, chosen = rate.data, rate.quality
         seconds = time.perf_counter() - start
         write_output(dst, data, overwrite=not no_overwrite)
@@ -478,6 +490,7 @@ def encode(
 @_output_dir_option
 @_model_option
 @_device_option
+@_precision_option
 @_threads_option
 @_jobs_option
 @_max_pixels_option
@@ -489,6 +502,7 @@ def decode(
     output_dir: str | None,
     model: str | None,
     device: str,
+    precision: str,
     threads: int | None,
     jobs: int,
     max_pixels: int,
@@ -525,7 +539,7 @@ def decode(
         # The whole container is checked first: a corrupt file is exit 4 before a model is looked for.
         loaded = model_for(read_container(data, max_pixels=max_pixels).header.model_id)
         start = time.perf_counter()
-        image = codec.decode_image(data, loaded, device=device, max_pixels=max_pixels)
+        image = codec.decode_image(data, loaded, device=device, max_pixels=max_pixels, precision=precision)
         seconds = time.perf_counter() - start
         save_image(image, dst, overwrite=not no_overwrite)
         if not quiet:

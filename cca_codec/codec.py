@@ -1,7 +1,7 @@
 """Encoding and decoding images: the network driven step by step, with real range coding.
 
-Numeric policy: the analysis and synthesis transforms run in float32 on the chosen device; the
-entropy-parameter path (hyper-synthesis, slice networks, checkerboard context, LRP, gains on z)
+Numeric policy: the analysis and synthesis transforms run in float32, or in bf16 where the CPU
+computes it natively (cca_codec.precision); the entropy-parameter path (hyper-synthesis, slice networks, checkerboard context, LRP, gains on z)
 runs in float64, and table indices are chosen in float64, so an encoder and a decoder on
 different devices or thread counts pick the same tables (see docs/FORMAT.md).
 
@@ -11,9 +11,8 @@ table as `SymbolEncoder` describes. Symbols are in (channel, row, column) order 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from .errors import FormatError, ModelError, UsageError
 from .imageio import DecodedImage, SourceImage
 from .nn.context import anchor_mask
 from .nn.model import CCAModel
+from .precision import layout_transforms, resolve_precision, transform_context, transform_input
 from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, StageTimer, entropy_step
 from .tiling import BlendAssembler, TileLayout, choose_layout
 
@@ -39,10 +39,11 @@ CodeStep = Callable[[int, Tensor, Tensor, "Tensor | None"], Tensor]
 
 @dataclass
 class _Coding:
-    """A network prepared for coding on one device, with its frozen tables."""
+    """A network prepared for coding on one device and transform precision, with its frozen tables."""
 
     net: CCAModel
     device: torch.device
+    precision: str
     z_tables: CDFTables
     y_tables: CDFTables
     scale_table: ScaleTable
@@ -59,22 +60,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | None = None) -> _Coding:
+def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | None = None, precision: str = "auto") -> _Coding:
     """Move a network of `model` (`chosen`, default: the default quality's) to `device`: transforms
-    in float32, the entropy path in float64 (once per network, cached on the model by weights hash)."""
+    in float32 laid out for `precision`, the entropy path in float64 (once per network, cached on
+    the model by weights hash)."""
     if chosen is None:
         chosen = model.at_quality(model.default_quality)
+    precision = resolve_precision(precision, device)
     cache: dict[bytes, _Coding] = getattr(model, "_coding", None) or {}
     cached = cache.get(chosen.weights_sha256)
-    if cached is not None and cached.device == device:
+    if cached is not None and (cached.device, cached.precision) == (device, precision):
         return cached
     net = chosen.net.eval()
     net.to(device)
     for module in (net.h_mean_s, net.h_scale_s, net.context):
         module.to(ENTROPY_DTYPE)
+    layout_transforms((net.g_a, net.g_s), precision)
     coding = _Coding(
         net=net,
         device=device,
+        precision=precision,
         z_tables=CDFTables.from_module(net.entropy_bottleneck),
         y_tables=CDFTables.from_module(net.gaussian_conditional),
         scale_table=ScaleTable(net.scale_bounds),
@@ -118,12 +123,13 @@ def _walk_slices(
         step = steps_per_slice * i + 1
         with timer.stage(entropy_step(step)):
             mean_feat, scale_feat = ctx.stack_features(i, latent_means, latent_scales, y_hats)
-            mu, scale = ctx.parameters(i, mean_feat, scale_feat)
+            head_in = ctx.head_inputs(i, mean_feat, scale_feat)
+            mu, scale = ctx.parameters(i, head_in)
         if checkerboard:
             q_anchor = code(i, mu, scale, anchors)
             with timer.stage(entropy_step(step + 1)):
                 spatial = ctx.spatial_context(i, q_anchor + mu)
-                mu_n, scale_n = ctx.parameters(i, mean_feat, scale_feat, spatial)
+                mu_n, scale_n = ctx.parameters(i, head_in, spatial)
             q_rest = code(i, mu_n, scale_n, ~anchors)
             y_hat = torch.where(anchors, q_anchor + mu, q_rest + mu_n)
         else:
@@ -163,8 +169,8 @@ def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool, 
     g_y, _, g_z, g_z_inv = _gains(net, gain_quality, dev)
     enc = SymbolEncoder()
     with torch.inference_mode():
-        with timer.stage(G_A):
-            y = net.g_a(x.to(dev)) * g_y.float()
+        with timer.stage(G_A), transform_context(c.precision, dev, synthesis=False):
+            y = net.g_a(transform_input(x.to(dev), c.precision)).contiguous() * g_y.float()
         with timer.stage(HYPERPRIOR):
             z = (net.h_a(y) * g_z.float()).to(ENTROPY_DTYPE)
             if not (torch.isfinite(y).all() and torch.isfinite(z).all()):
@@ -217,20 +223,9 @@ def decode_tile(
         y_hat = _walk_slices(c, latent_means, latent_scales, checkerboard, code_step, timer)
         if dec.crc32 != crc32:
             raise FormatError("decoded symbols fail their CRC-32: corrupt file, or a different model or coder")
-        with _thread_independent(dev), timer.stage(G_S):
-            return net.g_s(y_hat.float() * g_y_inv.float()).clamp_(0, 1)
-
-
-@contextlib.contextmanager
-def _thread_independent(device: torch.device) -> Iterator[None]:
-    """On the CPU, run without oneDNN: its float32 convolutions sum in an order that depends
-    on the thread count, and decoded pixels must not (PyTorch's own kernels do not)."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = previous and device.type != "cpu"
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
+        with timer.stage(G_S), transform_context(c.precision, dev, synthesis=True):
+            y_in = transform_input(y_hat.float() * g_y_inv.float(), c.precision)
+            return net.g_s(y_in).contiguous().clamp_(0, 1)
 
 
 def _pad(x: Tensor, align: int) -> Tensor:
@@ -268,6 +263,7 @@ def encode_image(
     context: str | None = None,
     device: str = "auto",
     tile: int | None = None,
+    precision: str = "auto",
     timer: StageTimer = NO_TIMER,
 ) -> bytes:
     """Compress an image into `.cca` bytes.
@@ -275,6 +271,7 @@ def encode_image(
     `tile`: core tile size in pixels (a multiple of 64), 0 for one tile, None to tile images
     over `tiling.AUTO_TILE_PIXELS` automatically. Tiles are coded one at a time, each over its
     core plus an overlap (see cca_codec.tiling), so memory is bounded by the tile size.
+    `precision`: how g_a runs (cca_codec.precision: auto, bf16 or fp32).
     `timer` gets the coding stages and container write (see cca_codec.timing).
     """
     q = model.check_quality(model.default_quality if quality is None else quality)
@@ -285,7 +282,7 @@ def encode_image(
         layout = choose_layout(image.height, image.width, tile, align)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    c = _prepare(model, resolve_device(device), chosen)
+    c = _prepare(model, resolve_device(device), chosen, precision)
     tiles = []
     for index in range(layout.count):
         region = layout.extent(index)
@@ -339,11 +336,13 @@ def decode_image(
     *,
     device: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    precision: str = "auto",
     timer: StageTimer = NO_TIMER,
 ) -> DecodedImage:
     """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded.
     `timer` gets container read and the decoding stages (see cca_codec.timing).
 
+    `precision`: how g_s runs (cca_codec.precision: auto, bf16 or fp32).
     `max_pixels` bounds width * height (checked from the header before anything is allocated).
     Tiles are decoded one at a time and blended into a uint8 image.
     """
@@ -361,7 +360,7 @@ def decode_image(
         raise FormatError(f"the file's quality does not fit model {model.model_id!r}: {exc}") from None
     if h.context_mode == "checkerboard" and model.net.context.spatial is None:
         raise ModelError(f"file uses the checkerboard context, which model {model.model_id!r} does not have")
-    c = _prepare(model, resolve_device(device), chosen)
+    c = _prepare(model, resolve_device(device), chosen, precision)
     layout = TileLayout.from_header(h)
     assembler = BlendAssembler(layout)
     for tile in container.tiles:

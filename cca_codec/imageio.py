@@ -38,8 +38,12 @@ _ICC_COLOUR_SPACE = {"rgb": b"RGB ", "gray": b"GRAY"}
 _GRAY_MODES = frozenset({"1", "L", "I", "F"})
 _RGB_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX"})
 _REDUCED_16 = "16-bit input reduced to 8 bits per channel"
+PNG_OPTIONS: dict[str, object] = {"compress_level": 6}
+"""zlib level 6, what dwebp and djxl write (both leave libpng at its default level): ~0.1 s for a
+768x512 image here; level 1 would take a third of that for 8 % larger files (docs/RESULTS.md)."""
+
 _SAVE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
-    ".png": ("PNG", {}),
+    ".png": ("PNG", PNG_OPTIONS),
     ".bmp": ("BMP", {}),
     ".ppm": ("PPM", {}),
     ".tif": ("TIFF", {}),
@@ -187,7 +191,7 @@ def _normalise(
 
 def encode_png(img: DecodedImage) -> bytes:
     """PNG file bytes of ``img``, with its ICC profile and EXIF embedded."""
-    return _encode(img, "PNG", {})
+    return _encode(img, "PNG", PNG_OPTIONS)
 
 
 def save_image(img: DecodedImage, path: str, *, overwrite: bool = True) -> None:

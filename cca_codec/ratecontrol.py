@@ -220,19 +220,20 @@ def encode_to_target(
     context: str | None = None,
     device: str = "auto",
     tile: int | None = None,
+    precision: str = "auto",
 ) -> RateResult:
     """Encode ``image`` at the quality that meets ``target`` (see the module's description).
 
-    ``context``, ``device`` and ``tile`` are passed to :func:`cca_codec.codec.encode_image` (and the
-    device to the decoder, for PSNR targets). A target out of the model's reach is not an error:
+    ``context``, ``device``, ``tile`` and ``precision`` are passed to :func:`cca_codec.codec.encode_image`
+    (and the device and precision to the decoder, for PSNR targets). A target out of the model's reach is not an error:
     the result is the nearest end of the quality range, with ``status`` saying so.
     """
     qualities = searched_qualities(model)
     trials: list[Trial] = []
 
     def probe(index: int) -> tuple[float, bool]:
-        data = encode_image(image, model, quality=qualities[index], context=context, device=device, tile=tile)
-        fidelity = _decoded_psnr(image, data, model, device) if target.kind == "psnr" else None
+        data = encode_image(image, model, quality=qualities[index], context=context, device=device, tile=tile, precision=precision)
+        fidelity = _decoded_psnr(image, data, model, device, precision) if target.kind == "psnr" else None
         trials.append(Trial(qualities[index], data, bits_per_pixel(len(data), image.width, image.height), fidelity))
         achieved = target.achieved(trials[-1])
         return target.error(achieved), target.within(achieved)
@@ -333,9 +334,9 @@ def _nearest(qualities: Sequence[float], quality: float) -> int:
     return right if qualities[right] - quality < quality - qualities[right - 1] else right - 1
 
 
-def _decoded_psnr(image: SourceImage, data: bytes, model: LoadedModel, device: str) -> float:
+def _decoded_psnr(image: SourceImage, data: bytes, model: LoadedModel, device: str, precision: str) -> float:
     """PSNR in dB of ``data`` decoded against ``image``, over the channels the decoder delivers
     (one for a grayscale image)."""
-    decoded = decode_image(data, model, device=device)
+    decoded = decode_image(data, model, device=device, precision=precision)
     channels = 1 if image.color_mode == "gray" else 3
     return psnr(image.rgb[..., :channels], decoded.rgb[..., :channels])

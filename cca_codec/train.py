@@ -135,7 +135,7 @@ class Trainer:
                 self.qualities = quality_table_from_dicts(resume_from["qualities"])
             self.net = CCAModel(ModelConfig.from_dict(resume_from["config"]), num_qualities=len(self.qualities))
         elif o.init:
-            loaded = load_model(o.init)
+            loaded = load_model(o.init, trainable=True)
             if loaded.per_quality:
                 raise UsageError(f"--init {o.init}: a model with one network per quality cannot seed a training run")
             self.net, self.qualities = loaded.net.float().train(), loaded.qualities

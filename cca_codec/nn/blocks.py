@@ -15,6 +15,16 @@ def conv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.C
     return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
+def at_least_float32(layer: nn.Module, x: Tensor) -> Tensor:
+    """Run `layer` outside autocast on `x` promoted to at least float32 (float64 stays float64).
+
+    The last layer of a transform or a parameter head runs so: under bf16 autocast (training,
+    or coding with bf16 transforms) its outputs (y, pixels, means, scales) are otherwise rounded
+    to bf16's 8 significant bits, coarser than the integer grid they are quantised on."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.to(torch.promote_types(x.dtype, torch.float32)))
+
+
 def deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
     """ConvTranspose2d that multiplies the spatial size by exactly `stride`."""
     return nn.ConvTranspose2d(

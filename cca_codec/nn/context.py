@@ -1,8 +1,8 @@
 """The channel-wise (and optionally checkerboard) context model that computes the entropy
 parameters of y slice by slice.
 
-One module serves training, encoding and decoding: `stack_features`, `parameters` and `refine`
-are the only places where means, scales and LRP corrections are computed. The codec calls them
+One module serves training, encoding and decoding: `stack_features`, `head_inputs`, `parameters`
+and `refine` are the only places where means, scales and LRP corrections are computed. The codec calls them
 step by step (in float64); `forward_train` chains them with STE rounding for training.
 
 Shapes: y and its slices are (B, C, h, w) at 1/16 of the image size; `latent_means` and
@@ -10,16 +10,17 @@ Shapes: y and its slices are (B, C, h, w) at 1/16 of the image size; `latent_mea
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
-from compressai.entropy_models import GaussianConditional
-from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
-from .blocks import NAFStack, conv
+from .blocks import NAFStack, at_least_float32, conv
 from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from compressai.entropy_models import GaussianConditional
 
 SPATIAL_KERNEL = 5
 
@@ -127,10 +128,13 @@ class ChannelContextModel(nn.Module):
         scale_feat = self.scale_stacks[i](torch.cat([latent_scales, *ctx], dim=1))
         return mean_feat, scale_feat
 
-    def parameters(
-        self, i: int, mean_feat: Tensor, scale_feat: Tensor, spatial: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Mean and raw scale of slice i, each (B, C_i, h, w).
+    def head_inputs(self, i: int, mean_feat: Tensor, scale_feat: Tensor) -> tuple[Tensor, Tensor]:
+        """The first conv of slice i's mean and scale heads on the stack features, each
+        (B, W0, h, w): shared by the anchor and the non-anchor step of a checkerboard slice."""
+        return self.mean_heads[i][0](mean_feat), self.scale_heads[i][0](scale_feat)
+
+    def parameters(self, i: int, head_inputs: tuple[Tensor, Tensor], spatial: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and raw scale of slice i, each (B, C_i, h, w), from its `head_inputs`.
 
         `spatial` is the CheckerboardContext output for the non-anchor step, None for anchors
         and for grouped mode (spatial context zero).
@@ -138,10 +142,8 @@ class ChannelContextModel(nn.Module):
         mean_ctx = scale_ctx = None
         if spatial is not None:
             mean_ctx, scale_ctx = spatial.chunk(2, dim=1)
-        return (
-            _head(self.mean_heads[i], mean_feat, mean_ctx),
-            _head(self.scale_heads[i], scale_feat, scale_ctx),
-        )
+        mean_in, scale_in = head_inputs
+        return _head(self.mean_heads[i], mean_in, mean_ctx), _head(self.scale_heads[i], scale_in, scale_ctx)
 
     def spatial_context(self, i: int, y_hat_anchors: Tensor) -> Tensor:
         """Checkerboard context of slice i from its reconstructed anchors."""
@@ -169,17 +171,20 @@ class ChannelContextModel(nn.Module):
         decoder input use y_hat = STE-round(y - mu) + mu, LRP-refined. Slices no later slice
         needs are not reconstructed; y_hat is None unless all of them are (the auxiliary model).
         """
+        from compressai.ops import quantize_ste  # training only: coding rounds without STE
+
         n = len(self.sizes)
         needed = set().union(*(self.context_slices(j) for j in range(n)))
         y_hats: list[Tensor] = []
         likelihoods = []
         for i, y_i in enumerate(y.split(self.sizes, dim=1)):
             mean_feat, scale_feat = self.stack_features(i, latent_means, latent_scales, y_hats)
-            mu, scale = self.parameters(i, mean_feat, scale_feat)
+            head_in = self.head_inputs(i, mean_feat, scale_feat)
+            mu, scale = self.parameters(i, head_in)
             if checkerboard:
                 anchors = anchor_mask(*y_i.shape[-2:], device=y_i.device)
                 spatial = self.spatial_context(i, quantize_ste(y_i - mu) + mu)
-                mu_n, scale_n = self.parameters(i, mean_feat, scale_feat, spatial)
+                mu_n, scale_n = self.parameters(i, head_in, spatial)
                 mu = torch.where(anchors, mu, mu_n)
                 scale = torch.where(anchors, scale, scale_n)
             likelihoods.append(likelihood(y_i, scale, mu))
@@ -189,16 +194,14 @@ class ChannelContextModel(nn.Module):
         return y_hat, torch.cat(likelihoods, dim=1)
 
 
-def _head(head: nn.Sequential, features: Tensor, spatial: Tensor | None) -> Tensor:
-    """Run a parameter head, adding the spatial context to its first hidden layer's input.
+def _head(head: nn.Sequential, h: Tensor, spatial: Tensor | None) -> Tensor:
+    """Run a parameter head from its first conv's output `h`, adding the spatial context to it.
 
     The last conv runs outside autocast in the input's precision at least float32 (float64 when
     coding), so a bf16 training pass rounds means and scales no coarser than inference does.
     """
-    h = head[0](features)
     if spatial is not None:
         h = h + spatial
     for layer in head[1:-1]:
         h = layer(h)
-    with torch.autocast(h.device.type, enabled=False):
-        return head[-1](h.to(torch.promote_types(h.dtype, torch.float32)))
+    return at_least_float32(head[-1], h)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.models import CompressionModel
-from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from .config import ModelConfig
 from .context import ChannelContextModel, gaussian_likelihood
+from .priors import entropy_models
 from .transforms import AnalysisTransform, SynthesisTransform, hyper_analysis, hyper_synthesis
 
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
@@ -71,24 +71,28 @@ class QualityGains(nn.Module):
         return gain(self.log_y), gain(self.log_y_inv), gain(self.log_z), gain(self.log_z_inv)
 
 
-class CCAModel(CompressionModel):
+class CCAModel(nn.Module):
     """Autoencoder with NAF-blocks, hyperprior, uneven channel slices with LRP and an optional
     checkerboard spatial context in each slice.
 
     Image x: (B, 3, H, W) in [0, 1] with H, W multiples of 64. y: (B, M, H/16, W/16).
     z: (B, Z, H/64, W/64).
+
+    `trainable` (default) gives CompressAI's entropy models, which training, `update` and
+    `aux_loss` need; `trainable=False` gives the frozen stand-ins of cca_codec.nn.priors, enough
+    to code with the tables a checkpoint holds, without importing CompressAI.
     """
 
-    def __init__(self, cfg: ModelConfig, num_qualities: int = 8) -> None:
+    def __init__(self, cfg: ModelConfig, num_qualities: int = 8, *, trainable: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
+        self.trainable = trainable
         self.g_a = AnalysisTransform(cfg)
         self.g_s = SynthesisTransform(cfg)
         self.h_a = hyper_analysis(cfg)
         self.h_mean_s = hyper_synthesis(cfg)
         self.h_scale_s = hyper_synthesis(cfg)
-        self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_channels)
-        self.gaussian_conditional = GaussianConditional(None)
+        self.entropy_bottleneck, self.gaussian_conditional = entropy_models(cfg.hyper_channels, trainable)
         self.context = ChannelContextModel(cfg)
         self.gains = QualityGains(num_qualities, cfg.latent_channels, cfg.hyper_channels)
         self.register_buffer("scale_bounds", default_scale_table())
@@ -114,6 +118,8 @@ class CCAModel(CompressionModel):
         z = self.h_a(y).float() * g_z
         with torch.autocast(x.device.type, enabled=False):  # the z prior's CDF math stays float32
             _, z_likelihoods = self.entropy_bottleneck(z)
+        from compressai.ops import quantize_ste
+
         medians = self.entropy_bottleneck._get_medians()
         z_hat = quantize_ste(z - medians) + medians
         latent_means, latent_scales = (p.float() for p in self.hyper_parameters(z_hat, g_z_inv))
@@ -128,6 +134,28 @@ class CCAModel(CompressionModel):
             "latent_scales": latent_scales,
         }
 
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False) -> Any:
+        """Load weights; a trainable network first resizes its CDF tables to the state dict's
+        (CompressAI's CompressionModel.load_state_dict), frozen entropy models take any size."""
+        if self.trainable:
+            return _compressai_model().load_state_dict(self, state_dict, strict=strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def update(self, scale_table: Tensor, force: bool = False) -> bool:
+        """Build the integer CDF tables from the current weights (CompressionModel.update)."""
+        return _compressai_model().update(self, scale_table=scale_table, force=force)
+
+    def aux_loss(self) -> Tensor:
+        """The z prior's quantile loss (CompressionModel.aux_loss)."""
+        return _compressai_model().aux_loss(self)
+
     def inference_parameter_count(self) -> int:
         """Parameters used to encode/decode, without the per-quality gains (the paper's count)."""
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("gains."))
+
+
+def _compressai_model() -> type:
+    """CompressAI's CompressionModel, whose training-time methods a trainable CCAModel uses."""
+    from compressai.models import CompressionModel
+
+    return CompressionModel

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import NAFBlock, ResidualBottleneckBlock, conv, deconv
+from .blocks import NAFBlock, ResidualBottleneckBlock, at_least_float32, conv, deconv
 from .config import ModelConfig
 
 RESIDUAL_BLOCKS_PER_STAGE = 3
@@ -13,7 +13,7 @@ class AnalysisTransform(nn.Module):
     """g_a: image (B, 3, H, W) in [0, 1] -> y (B, M, H/16, W/16).
 
     Four stride-2 5x5 convs; after each of the first three a stage of residual bottleneck
-    blocks followed by NAF-blocks.
+    blocks followed by NAF-blocks. The last conv runs in at least float32 (`at_least_float32`).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -31,14 +31,15 @@ class AnalysisTransform(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for down, stage in zip(self.down, self.blocks):
             x = stage(down(x))
-        return self.down[-1](x)
+        return at_least_float32(self.down[-1], x)
 
 
 class SynthesisTransform(nn.Module):
     """g_s: y_hat (B, M, h, w) -> image (B, 3, 16h, 16w), unclamped.
 
     Mirrors g_a: stride-2 5x5 transposed convs, each of the first three followed by a stage of
-    NAF-blocks then residual bottleneck blocks, widest stage first.
+    NAF-blocks then residual bottleneck blocks, widest stage first. The last transposed conv
+    runs in at least float32 (`at_least_float32`).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -56,7 +57,7 @@ class SynthesisTransform(nn.Module):
     def forward(self, y: Tensor) -> Tensor:
         for up, stage in zip(self.up, self.blocks):
             y = stage(up(y))
-        return self.up[-1](y)
+        return at_least_float32(self.up[-1], y)
 
 
 def hyper_analysis(cfg: ModelConfig) -> nn.Sequential:
