@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from compressai.entropy_models import EntropyBottleneck, EntropyModel
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -145,6 +144,8 @@ class World:
         one process would draw for the global batch."""
         if not self.distributed:
             return
+        from compressai.entropy_models import EntropyBottleneck, EntropyModel  # training only
+
         for m in module.modules():
             if isinstance(m, EntropyModel):
                 # EntropyBottleneck quantises (C, 1, B*h*w): the batch is the last dimension there
@@ -167,7 +168,7 @@ class World:
         return full.narrow(dim, self.rank * rows, rows)
 
 
-def _quantize_sharded(model: EntropyModel, world: World, batch_dim: int, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
+def _quantize_sharded(model: nn.Module, world: World, batch_dim: int, inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
     """compressai's `EntropyModel.quantize`, with the "noise" mode's draw taken from the global batch
     (compressai: inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5))."""
     if mode != "noise":
