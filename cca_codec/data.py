@@ -111,14 +111,15 @@ class CropSampler:
     def __init__(self, images: torch.Tensor, size: int, generator: torch.Generator) -> None:
         self.images, self.size, self.generator = images, size, generator
 
-    def sample(self, batch: int) -> torch.Tensor:
-        """(batch, 3, size, size) float32 in [0, 1] on the images' device."""
+    def sample(self, batch: int, rows: slice = slice(None)) -> torch.Tensor:
+        """(batch, 3, size, size) float32 in [0, 1] on the images' device; with `rows`, only those
+        rows of the batch are cut (the generator advances as for the whole batch)."""
         n, _, h, w = self.images.shape
         g = self.generator
-        idx = torch.randint(0, n, (batch,), generator=g)
-        ys = torch.randint(0, h - self.size + 1, (batch,), generator=g)
-        xs = torch.randint(0, w - self.size + 1, (batch,), generator=g)
-        flips = torch.rand(batch, 2, generator=g) < 0.5
+        idx = torch.randint(0, n, (batch,), generator=g)[rows]
+        ys = torch.randint(0, h - self.size + 1, (batch,), generator=g)[rows]
+        xs = torch.randint(0, w - self.size + 1, (batch,), generator=g)[rows]
+        flips = (torch.rand(batch, 2, generator=g) < 0.5)[rows]
         out = []
         for i, y, x, (fh, fv) in zip(idx.tolist(), ys.tolist(), xs.tolist(), flips.tolist()):
             c = self.images[i, :, y : y + self.size, x : x + self.size]

@@ -3,32 +3,42 @@
     python -m cca_codec.train --data data_pack --out runs/r1 --config cca-compact --max-minutes 8
     python -m cca_codec.train --data data_pack --out runs/r1 --resume runs/r1/state.pt ...
     python -m cca_codec.train ... --init models/cca-compact   # start from shipped weights
+    torchrun --nproc-per-node 8 -m cca_codec.train ... --batch 64   # data-parallel, 8 per GPU
 
 Each step draws a batch of random crops; every sample gets its own quality (lambda) drawn from
 the quality table; the context mode (grouped or checkerboard) is drawn per step. The state file
 holds the network, the auxiliary model, both optimisers and every random generator, so a run
 resumes bit-for-bit. SIGTERM/SIGINT end the run cleanly after the current step with a state
 file written.
+
+Under torchrun (see cca_codec.distributed) --batch is the global batch, split evenly over the
+processes, which draw it together: N processes train as one process with the same --batch does,
+a run resumes under any number of processes that divides --batch, and rank 0 alone writes the
+state, the log and the export.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
 from .data import CropSampler, load_split
+from .distributed import World, launch, resolve_device
 from .errors import UsageError
 from .nn.aux import AuxEntropyModel
 from .nn.config import ModelConfig, get_config
-from .nn.loss import CCA_VARIANTS, CCALoss
+from .nn.loss import CCA_VARIANTS, CCALoss, LossTerms
 from .nn.model import CCAModel
 from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
 
@@ -71,6 +81,10 @@ class TrainOptions:
 
 
 SCHEDULES = ("cosine", "constant")
+BATCH_HELP = (
+    "the global batch (default %(default)s): under torchrun with N processes each trains on batch/N "
+    "of its samples (batch must divide by N), and the run matches one process with this batch"
+)
 
 
 def learning_rate(step: int, o: TrainOptions, minutes_this_run: float = 0.0) -> float:
@@ -119,15 +133,30 @@ class WeightAverage:
             self.avg[k].copy_(v)
 
 
-class Trainer:
-    """Holds everything a training run needs; `state_dict` covers all of it."""
+class Objective(nn.Module):
+    """The network and the CCA loss (which holds G) as one module: the forward pass whose
+    parameters DDP keeps in step."""
 
-    def __init__(self, o: TrainOptions, resume_from: dict | None = None) -> None:
+    def __init__(self, net: CCAModel, loss_fn: CCALoss) -> None:
+        super().__init__()
+        self.net, self.loss_fn = net, loss_fn
+
+    def forward(self, x: torch.Tensor, quality: torch.Tensor, distortion_weight: torch.Tensor, beta: torch.Tensor, checkerboard: bool) -> LossTerms:
+        return self.loss_fn(self.net, x, quality, distortion_weight, beta, checkerboard)
+
+
+class Trainer:
+    """Holds everything a training run needs; `state_dict` covers all of it. With a distributed
+    `world`, this is one rank's replica (see cca_codec.distributed)."""
+
+    def __init__(self, o: TrainOptions, world: World | None = None, resume_from: dict | None = None) -> None:
         """A new run from `o.init`'s weights or a fresh `o.config` network; with `resume_from` (a
         saved state, loaded by :meth:`load_state_dict` afterwards) the network is built from the
         state's own configuration and quality table instead."""
         self.o = o
-        self.device = torch.device("cuda" if o.device == "auto" and torch.cuda.is_available() else ("cpu" if o.device == "auto" else o.device))
+        self.world = world or World(resolve_device(o.device))
+        self.device = self.world.device
+        self.rows = self.world.shard(o.batch)
         torch.manual_seed(o.seed)
         self.qualities = DEFAULT_QUALITIES
         if resume_from is not None:
@@ -149,12 +178,15 @@ class Trainer:
             self.aux.to(memory_format=torch.channels_last)
         self.ema = WeightAverage(self.net, o.ema) if o.ema else None
         self.loss_fn = CCALoss(self.aux, alpha=o.alpha, variant=o.variant)
+        objective = Objective(self.net, self.loss_fn)
         main, quantiles = [], []
-        for module in (self.net, self.aux):
-            for name, p in module.named_parameters():
-                (quantiles if name.endswith("quantiles") else main).append(p)
+        for name, p in objective.named_parameters():  # the network's and G's
+            (quantiles if name.endswith("quantiles") else main).append(p)
         self.opt = torch.optim.Adam(main, lr=o.lr, foreach=True)
         self.aux_opt = torch.optim.Adam(quantiles, lr=o.aux_lr, foreach=True)
+        # the quantiles learn from their own loss in a second backward pass, outside DDP
+        self.objective = self.world.wrap(objective, ignore=[n for n, _ in objective.named_parameters() if n.endswith("quantiles")])
+        self.world.shard_noise(objective)
         self.gen = torch.Generator().manual_seed(o.seed)
         self.sampler = CropSampler(load_split(o.data, "train").to(self.device), o.crop, self.gen)
         self.step = 0
@@ -189,74 +221,97 @@ class Trainer:
             "aux": self.aux.state_dict(),
             "opt": self.opt.state_dict(),
             "aux_opt": self.aux_opt.state_dict(),
-            "gen": self.gen.get_state(),
+            "gen": self.gen.get_state(),  # every rank's: the ranks share one stream
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else [],
             "step": self.step,
             "minutes": self.minutes,
             "cpu_seconds": self.cpu_seconds,
             "ema": self.ema.state_dict() if self.ema else None,
             "qualities": [q.to_dict() for q in self.qualities],
             "device": self.device_name(),
+            "world_size": self.world.size,
         }
 
     def device_name(self) -> str:
-        return "cpu" if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
+        name = "cpu" if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
+        return self.world.describe(name)
+
+    def fingerprint(self) -> torch.Tensor:
+        """Step, weights and generator states in a few numbers, to check that every rank holds
+        the state rank 0 saves."""
+        with torch.no_grad():
+            weights = [torch.stack([p.double().sum() for p in m.parameters()]).sum() for m in (self.net, self.aux)]
+        rngs = [self.gen.get_state(), torch.get_rng_state()]
+        if self.device.type == "cuda":
+            rngs.append(torch.cuda.get_rng_state(self.device))
+        crcs = [float(zlib.crc32(r.numpy().tobytes())) for r in rngs]
+        return torch.tensor([float(self.step), *[w.item() for w in weights], *crcs], dtype=torch.float64)
 
     def load_state_dict(self, s: dict) -> None:
         self.net.load_state_dict(s["net"])
         self.aux.load_state_dict(s["aux"])
         self.opt.load_state_dict(s["opt"])
         self.aux_opt.load_state_dict(s["aux_opt"])
-        self.gen.set_state(s["gen"])
-        torch.set_rng_state(s["torch_rng"])
-        if s["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        self.gen.set_state(s["gen"].cpu())
+        torch.set_rng_state(s["torch_rng"].cpu())
+        cuda_rng = s.get("cuda_rng", [])
+        if self.device.type == "cuda" and len(cuda_rng):
+            # the training device's generator; older states hold a list over the visible devices
+            state = cuda_rng if isinstance(cuda_rng, torch.Tensor) else cuda_rng[min(self.device.index or 0, len(cuda_rng) - 1)]
+            torch.cuda.set_rng_state(state.cpu(), self.device)
         self.step, self.minutes = s["step"], s["minutes"]
         self.cpu_seconds = s.get("cpu_seconds", 0.0)
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"] if s.get("ema") else self.net.state_dict())
 
     def train_step(self, minutes_this_run: float = 0.0) -> dict:
-        o = self.o
+        """One step on the global batch of --batch samples; this rank trains on its rows of it
+        (all of them in a single process), and the record holds global-batch means."""
+        o, rows = self.o, self.rows
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.step, o, minutes_this_run)
-        x = self.sampler.sample(o.batch)
+        x = self.sampler.sample(o.batch, rows)
         if o.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        pick = self.train_qualities[torch.randint(0, len(self.train_qualities), (o.batch,), generator=self.gen)]
+        pick = self.train_qualities[torch.randint(0, len(self.train_qualities), (o.batch,), generator=self.gen)][rows]
         checkerboard = bool(torch.rand(1, generator=self.gen) < o.checkerboard_prob) and self.net.context.spatial is not None
         dev = self.device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=o.bf16):
-            terms = self.loss_fn(
-                self.net, x, self.q_values[pick].to(dev), self.q_dist[pick].to(dev), self.q_beta[pick].to(dev), checkerboard
-            )
+            terms = self.objective(x, self.q_values[pick].to(dev), self.q_dist[pick].to(dev), self.q_beta[pick].to(dev), checkerboard)
         self.opt.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        terms.loss.backward()  # under DDP, the gradients arrive averaged over the ranks
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], o.clip)
         self.opt.step()
         aux_loss = self.net.aux_loss() + self.aux.factorized.loss()
         self.aux_opt.zero_grad(set_to_none=True)
         aux_loss.backward()
+        self.world.average_gradients(p for g in self.aux_opt.param_groups for p in g["params"])
         self.aux_opt.step()
         if self.ema is not None:
             self.ema.update(self.net)
         self.step += 1
-        psnr = -10 * math.log10(max(terms.mse.item(), 1e-10))
+        means = [terms.loss, terms.mse, terms.bpp, terms.cca, terms.aux2, terms.aux_bits_per_element, aux_loss]
+        loss, mse, bpp, cca, aux2, aux_bits, quantile_loss = self.world.mean(torch.stack([t.detach().float() for t in means])).tolist()
         return {
             "step": self.step,
-            "loss": terms.loss.item(),
-            "bpp": terms.bpp.item(),
-            "mse_psnr": psnr,
-            "cca": terms.cca.item(),
-            "aux2": terms.aux2.item(),
-            "aux_bits_per_element": terms.aux_bits_per_element.item(),
-            "quantile_loss": aux_loss.item(),
+            "loss": loss,
+            "bpp": bpp,
+            "mse_psnr": -10 * math.log10(max(mse, 1e-10)),
+            "cca": cca,
+            "aux2": aux2,
+            "aux_bits_per_element": aux_bits,
+            "quantile_loss": quantile_loss,
             "lr": self.opt.param_groups[0]["lr"],
             "checkerboard": checkerboard,
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write the state file (rank 0; every rank takes part in checking that the replicas agree)."""
+        if self.world.distributed:
+            self.world.check_replicas(self.fingerprint())
+        if not self.world.main:
+            return None
         out = Path(self.o.out)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / (STATE_FILE + ".part")
@@ -321,37 +376,56 @@ def model_card(model_id: str, net: CCAModel, info: dict) -> str:
 
 
 def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
-    """Train until `steps`, `max_minutes` or `max_steps` (this call) is reached, or a signal."""
-    state = torch.load(o.resume, map_location="cpu", weights_only=False) if o.resume else None
-    trainer = Trainer(o, resume_from=state)
-    if state is not None:
-        trainer.load_state_dict(state)
+    """Train until `steps`, `max_minutes` or `max_steps` (this call) is reached, or a signal.
+    Under torchrun every rank runs this, and all stop at the same step."""
+    with launch(o.device) as world:
+        state = torch.load(o.resume, map_location="cpu", weights_only=False) if o.resume else None
+        trainer = Trainer(o, world, resume_from=state)
+        if state is not None:
+            trainer.load_state_dict(state)
+        _train(trainer, max_steps)
+        trainer.save()
+        if o.export and world.main:
+            trainer.export(o.export, o.export_id or Path(o.export).name, run_info(trainer.state_dict(), trainer.device_name()))
+        world.barrier()  # every rank returns once the files are written
+    return trainer
+
+
+def _train(trainer: Trainer, max_steps: int | None) -> None:
+    o, world = trainer.o, trainer.world
     stop = {"flag": False}
 
     def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
         stop["flag"] = True
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
     start, done_here = time.time(), 0
     base_minutes, base_cpu, cpu_start = trainer.minutes, trainer.cpu_seconds, time.process_time()
-    last_save = start
+
+    def agree() -> tuple[bool, float, float]:
+        """(stop, seconds and CPU seconds of this call), the same on every rank."""
+        return world.agree(stop["flag"], time.time() - start, time.process_time() - cpu_start)
+
+    stopping, seconds, _ = agree()
+    last_save = 0.0
+    if world.main:
+        Path(o.out).mkdir(parents=True, exist_ok=True)
     try:
-        with open(out / LOG_FILE, "a") as log:
-            while trainer.step < o.steps and not stop["flag"]:
+        with open(Path(o.out) / LOG_FILE if world.main else os.devnull, "a") as log:
+            while not stopping and trainer.step < o.steps:
                 if max_steps is not None and done_here >= max_steps:
                     break
-                if o.max_minutes and (time.time() - start) / 60 >= o.max_minutes:
+                if o.max_minutes and seconds / 60 >= o.max_minutes:
                     break
-                rec = trainer.train_step((time.time() - start) / 60)
+                rec = trainer.train_step(seconds / 60)
                 done_here += 1
-                trainer.minutes = base_minutes + (time.time() - start) / 60
-                trainer.cpu_seconds = base_cpu + time.process_time() - cpu_start
-                if trainer.step % o.log_every == 0 or trainer.step == 1:
+                stopping, seconds, cpu_seconds = agree()
+                trainer.minutes = base_minutes + seconds / 60
+                trainer.cpu_seconds = base_cpu + cpu_seconds
+                if world.main and (trainer.step % o.log_every == 0 or trainer.step == 1):
                     rec["minutes"] = round(trainer.minutes, 2)
                     rec["cpu_seconds"] = round(trainer.cpu_seconds, 1)
-                    rec["steps_per_s"] = round(done_here / max(time.time() - start, 1e-9), 3)
+                    rec["steps_per_s"] = round(done_here / max(seconds, 1e-9), 3)
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     print(
@@ -361,16 +435,12 @@ def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
                         file=sys.stderr,
                         flush=True,
                     )
-                if trainer.step % o.save_every == 0 or (o.save_minutes and time.time() - last_save >= 60 * o.save_minutes):
+                if trainer.step % o.save_every == 0 or (o.save_minutes and seconds - last_save >= 60 * o.save_minutes):
                     trainer.save()
-                    last_save = time.time()
+                    last_save = seconds
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    trainer.save()
-    if o.export:
-        trainer.export(o.export, o.export_id or Path(o.export).name, run_info(trainer.state_dict(), trainer.device_name()))
-    return trainer
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.train") -> TrainOptions:
@@ -386,6 +456,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
             p.add_argument(flag, choices=CCA_VARIANTS, default=value)
         elif name == "schedule":
             p.add_argument(flag, choices=SCHEDULES, default=value)
+        elif name == "batch":
+            p.add_argument(flag, type=int, default=value, help=BATCH_HELP)
         else:
             p.add_argument(flag, type=type(value) if value is not None else str, default=value)
     return TrainOptions(**vars(p.parse_args(argv)))
