@@ -95,6 +95,32 @@ def models_env(test_models_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return test_models_root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process coding runs share one torch: one thread keeps them fast on a busy 2-core machine
+    (use as `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_photos(directory: Path, count: int, size_range: tuple[int, int], seed: int = 0, scale: float = 50.0) -> Path:
+    """`count` generated 'photos' (smooth colour fields with texture and noise, each side drawn from
+    `size_range`) as PNGs in `directory`, for building training packs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        h, w = rng.integers(*size_range), rng.integers(*size_range)
+        yy, xx = np.mgrid[0:h, 0:w] / scale
+        img = np.stack([np.sin(xx + i), np.cos(yy * 1.3 - i), np.sin(xx * yy / 4)], -1)
+        img = (img * 90 + 128 + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(directory / f"photo_{i}.png")
+    return directory
+
+
 def write_image(directory: Path, height: int, width: int, mode: str = "RGB", name: str | None = None) -> Path:
     """Write a new test PNG into ``directory`` and return its path.
 

@@ -26,16 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 STATS_ENCODE = re.compile(r"^(.+) -> (.+): (\d+) bytes, (\d+\.\d{3}) bpp, (\d+\.\d{2}) s$")
 STATS_DECODE = re.compile(r"^(.+) -> (.+): (\d+)x(\d+), (\d+\.\d{2}) s$")
 
-pytestmark = pytest.mark.usefixtures("models_env")
+pytestmark = pytest.mark.usefixtures("models_env", "one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """In-process runs share one torch: one thread keeps them fast on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(*args: object, input: bytes | None = None) -> Result:

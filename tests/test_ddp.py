@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from conftest import write_photos
 
 from cca_codec.checkpoint import load_model
 from cca_codec.data import build_pack
@@ -34,14 +34,7 @@ COMMON = dict(config="cca-tiny", batch=BATCH, crop=64, warmup=2, schedule="const
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
-    src = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(1)
-    for i in range(6):
-        h, w = rng.integers(200, 300), rng.integers(200, 300)
-        yy, xx = np.mgrid[0:h, 0:w] / 40.0
-        img = np.stack([np.sin(xx + i), np.cos(yy * 1.3 - i), np.sin(xx * yy / 4)], -1)
-        img = (img * 90 + 128 + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(src / f"photo_{i}.png")
+    src = write_photos(tmp_path_factory.mktemp("photos"), 6, (200, 300), seed=1, scale=40.0)
     out = tmp_path_factory.mktemp("pack")
     build_pack(src, out, crop=96, val_fraction=0.2)
     return out

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image, ImageCms, UnidentifiedImageError
 
@@ -25,15 +24,8 @@ MANIFEST = json.loads((BAD / "manifest.json").read_text())
 ORIENTATION = 0x0112
 CODING = {"model": TEST_MODEL_ID, "device": "cpu"}
 
-pytestmark = pytest.mark.usefixtures("models_env")
+pytestmark = pytest.mark.usefixtures("models_env", "one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli_encode(src: Path, dst: Path, *options: str) -> bytes:

@@ -6,6 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_photos
+
 from cca_codec.checkpoint import load_model
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.data import build_pack
@@ -16,14 +18,7 @@ from cca_codec.train import TrainOptions, run
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
     """A pack built from 12 generated 'photos' (smooth colour fields with texture)."""
-    src = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        h, w = rng.integers(300, 420), rng.integers(300, 420)
-        yy, xx = np.mgrid[0:h, 0:w] / 50.0
-        img = np.stack([np.sin(xx + i), np.cos(yy * 1.3 - i), np.sin(xx * yy / 4)], -1)
-        img = (img * 90 + 128 + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(src / f"photo_{i}.png")
+    src = write_photos(tmp_path_factory.mktemp("photos"), 12, (300, 420), seed=0)
     out = tmp_path_factory.mktemp("pack")
     meta = build_pack(src, out, crop=160, val_fraction=0.2)
     return out, meta
