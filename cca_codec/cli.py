@@ -519,7 +519,7 @@ def _dataset_options(command: Callable[..., None]) -> Callable[..., None]:
             "--engine", type=click.Choice(["ray"]), default="ray", show_default=True, expose_value=False,
             help="The engine that spreads the files over workers: Ray Data.",
         ),
-        click.option("--address", metavar="ADDR", help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001); default: a local instance."),
+        click.option("--address", metavar="ADDR", help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001); default: $RAY_ADDRESS, else a local instance."),
         click.option("--num-cpus", type=click.IntRange(min=1), metavar="N", help="CPUs of the local instance (default: all); not with --address."),
         click.option("--workers", type=click.IntRange(min=1), metavar="N", help="Coding workers (default: as many as the cluster's CPUs, or GPUs, hold)."),
         click.option(

@@ -238,7 +238,7 @@ def _code(
     """Code ``plan.todo`` on Ray Data; return one record per file, journalled as they arrive."""
     sources = {source.path: source for source in plan.todo}
     received: list[Record] = []
-    with _ray_session(ray, options), _quiet_ray_data(ray):
+    with _ray_session(ray, options), _data_context(ray):
         workers = _worker_count(ray, options, len(plan.todo))
         dataset = ray.data.read_binary_files(
             [os.path.join(roots.src, path) for path in sources],
@@ -295,7 +295,7 @@ def _ray_session(ray: ModuleType, options: RayOptions) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_ray_data(ray: ModuleType) -> Iterator[None]:
+def _data_context(ray: ModuleType) -> Iterator[None]:
     """Meanwhile: no Ray Data progress bars or log lines on stderr, and a failed block (a file
     that vanished, a worker that died) does not stop the run; its files get "lost" records."""
     context = ray.data.DataContext.get_current()
