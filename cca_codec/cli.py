@@ -1,4 +1,5 @@
-"""The ``ccacodec`` command line: ``encode``, ``decode``, ``info`` and ``models``.
+"""The ``ccacodec`` command line: ``encode``, ``decode``, ``info``, ``models``, and ``encode-dataset`` /
+``decode-dataset`` (whole folder trees on Ray Data, see :mod:`cca_codec.dataset`).
 
 Standard output carries only data: ``.cca`` or image bytes (``-o -``), JSON (``--json``),
 or the report that ``info`` and ``models`` were asked for. Progress, statistics, notes and
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container
-from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError
+from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError, one_line
 from .fileio import STDOUT, read_file, write_output
 
 if TYPE_CHECKING:
@@ -62,11 +63,6 @@ def _say(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
-def _one_line(text: str) -> str:
-    """``text`` with its lines joined by "; ", so that every message is one line."""
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
 def _report(exc: Exception, label: str | None = None) -> int:
     """Print the one-line message for ``exc`` on stderr and return its exit code.
 
@@ -78,7 +74,7 @@ def _report(exc: Exception, label: str | None = None) -> int:
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exception(exc, file=sys.stderr)
         message, kind, code = f"{type(exc).__name__}: {exc}", "internal error", EXIT_INTERNAL
-    message = _one_line(message)
+    message = one_line(message)
     if label is not None and label not in message:
         message = f"{label}: {message}"
     _say(f"{PROG}: {kind}: {message}")
@@ -549,6 +545,127 @@ def decode(
     click.get_current_context().exit(_run_jobs(planned, work, quiet, jobs))
 
 
+# ------------------------------------------------------------------- datasets (Ray Data)
+
+
+def _dataset_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options ``encode-dataset`` and ``decode-dataset`` share: the engine, its size, output."""
+    options = [
+        click.option(
+            "--engine", type=click.Choice(["ray"]), default="ray", show_default=True, expose_value=False,
+            help="The engine that spreads the files over workers: Ray Data.",
+        ),
+        click.option("--address", metavar="ADDR", help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001); default: $RAY_ADDRESS, else a local instance."),
+        click.option("--num-cpus", type=click.IntRange(min=1), metavar="N", help="CPUs of the local instance (default: all); not with --address."),
+        click.option("--workers", type=click.IntRange(min=1), metavar="N", help="Coding workers (default: as many as the cluster's CPUs, or GPUs, hold)."),
+        click.option(
+            "--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, metavar="C",
+            help="CPUs each worker reserves (and torch threads it uses).",
+        ),
+        click.option(
+            "--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="G",
+            help="GPUs each worker reserves (0.5: two workers per GPU); above 0 the workers code on CUDA.",
+        ),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, metavar="N", help="Files a worker codes per batch."),
+        _max_pixels_option,
+        click.option("--quiet", is_flag=True, help="No progress bar and no summary line unless a file failed."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _dataset_module() -> ModuleType:
+    """Import and return :mod:`cca_codec.dataset` (torch and CompressAI without their deprecation warnings)."""
+    _torch_modules()
+    from . import dataset
+
+    return dataset
+
+
+def _ray_options(dataset: ModuleType, params: dict[str, Any]) -> Any:
+    """The ``RayOptions`` of the engine options in ``params``."""
+    if params["address"] is not None and params["num_cpus"] is not None:
+        raise click.UsageError("--num-cpus sizes a local Ray instance; it cannot be combined with --address")
+    return dataset.RayOptions(
+        address=params["address"], num_cpus=params["num_cpus"], workers=params["workers"],
+        cpus_per_worker=params["cpus_per_worker"], gpus_per_worker=params["gpus_per_worker"], batch_size=params["batch_size"],
+    )
+
+
+def _run_dataset(run: Callable[..., Any], quiet: bool, as_json: bool) -> None:
+    """Call ``run(progress=...)`` (an ``encode_dataset`` / ``decode_dataset`` call), then report:
+    each failed file on one line, a summary line (or ``--json``), the first failure's exit code."""
+    with tqdm(disable=quiet or not sys.stderr.isatty(), file=sys.stderr, unit="file", leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = run(progress=progress)
+    for failure in summary.failures:
+        _say(f"{PROG}: error: {failure['error']}")
+    if summary.failures or not quiet:
+        _say(
+            f"{summary.total} files: {summary.coded} coded, {summary.skipped} done before, {summary.failed} failed; "
+            f"{summary.images_per_second:.2f} images/s; manifest {summary.manifest}"
+        )
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    click.get_current_context().exit(summary.exit_code)
+
+
+@cli.command("encode-dataset")
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@click.option("-q", "--quality", type=float, help="Quality, 1 .. number of the model's qualities (may be fractional); default: the model's.")
+@click.option("--context", type=click.Choice(CONTEXT_MODES), help="Context mode; default: checkerboard when the model has a spatial context.")
+@click.option("--tile", type=click.IntRange(min=0), metavar="N", help="Tiles of NxN pixels (as for encode); default: automatic.")
+@_model_option
+@_dataset_options
+def encode_dataset_cmd(src: str, dst: str, **params: Any) -> None:
+    """Encode every image under SRC to .cca files under DST, on a Ray cluster.
+
+    DST mirrors SRC's folders (SRC/a/b.png -> DST/a/b.cca). DST/manifest.jsonl holds one
+    record per file (sizes, bpp, settings, or the error); a failing file never stops the
+    others, and a rerun skips the files already coded with the same settings. Exit code:
+    that of the first failed file, else 0.
+    """
+    dataset = _dataset_module()
+    options = _ray_options(dataset, params)
+
+    def run(progress: Callable[[int, int], None]) -> Any:
+        return dataset.encode_dataset(
+            src, dst, quality=params["quality"], context=params["context"], model=params["model"], tile=params["tile"],
+            max_pixels=params["max_pixels"], ray_options=options, progress=progress,
+        )
+
+    _run_dataset(run, params["quiet"], params["as_json"])
+
+
+@cli.command("decode-dataset")
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@_model_option
+@_dataset_options
+def decode_dataset_cmd(src: str, dst: str, **params: Any) -> None:
+    """Decode every .cca file under SRC to PNG under DST, on a Ray cluster.
+
+    As encode-dataset (SRC/a/b.cca -> DST/a/b.png, DST/manifest.jsonl, reruns skip what is
+    done). Each file is decoded with the model it names unless --model is given.
+    """
+    dataset = _dataset_module()
+    options = _ray_options(dataset, params)
+
+    def run(progress: Callable[[int, int], None]) -> Any:
+        return dataset.decode_dataset(
+            src, dst, model=params["model"], max_pixels=params["max_pixels"], ray_options=options, progress=progress
+        )
+
+    _run_dataset(run, params["quiet"], params["as_json"])
+
+
 # -------------------------------------------------------------------------------- info
 
 
@@ -637,7 +754,7 @@ def _model_entry(model_id: str, directory: Path) -> dict:
             qualities=[{"quality": q["quality"], "lambda": q["lambda"]} for q in meta["qualities"]],
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        entry["error"] = _one_line(f"{type(exc).__name__}: {exc}")
+        entry["error"] = one_line(f"{type(exc).__name__}: {exc}")
     return entry
 
 

@@ -89,7 +89,8 @@ def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | 
     return coding
 
 
-def _check_context(net: CCAModel, context: str) -> str:
+def check_context(net: CCAModel, context: str) -> str:
+    """`context` if `net` can code in that mode, else a UsageError naming the modes it can."""
     if context not in CONTEXT_MODES:
         raise UsageError(f"unknown context mode {context!r}; use {' or '.join(CONTEXT_MODES)}")
     if context == "checkerboard" and net.context.spatial is None:
@@ -276,7 +277,7 @@ def encode_image(
     """
     q = model.check_quality(model.default_quality if quality is None else quality)
     chosen = model.at_quality(q)
-    mode = _check_context(chosen.net, context or default_context(model))
+    mode = check_context(chosen.net, context or default_context(model))
     align = CCAModel.alignment
     try:
         layout = choose_layout(image.height, image.width, tile, align)

@@ -46,3 +46,8 @@ class ModelError(CodecError):
 
 
 EXIT_INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined by "; ", so that every message is one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())

@@ -129,8 +129,12 @@ class DecodedImage:
         return Image.fromarray(np.ascontiguousarray(channels))
 
 
-def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int | None = None) -> SourceImage:
+def load_image(
+    source: str | os.PathLike[str] | bytes, max_pixels: int | None = None, name: str = STDIN_LABEL
+) -> SourceImage:
     """Read an image file (a path, or the file's content as ``bytes``, e.g. from stdin).
+
+    ``name`` is how content given as ``bytes`` is called in error messages (default: standard input).
 
     ``max_pixels`` (width * height) replaces ``PIL.Image.MAX_IMAGE_PIXELS`` for this call;
     the size is checked from the file's header, before the pixels are decoded.
@@ -144,7 +148,7 @@ def load_image(source: str | os.PathLike[str] | bytes, max_pixels: int | None = 
         InputError: missing, empty, unreadable, truncated or corrupt input, an unsupported
             pixel mode, or more pixels than ``max_pixels`` (or ``PIL.Image.MAX_IMAGE_PIXELS``) allows.
     """
-    label, data = _read_source(source)
+    label, data = _read_source(source, name)
     notes: list[str] = []
     with _pixel_limit(max_pixels):
         img, raw_mode, exif, orientation = _decode_first_frame(data, label, notes)
@@ -232,10 +236,10 @@ def _encode(img: DecodedImage, fmt: str, options: dict[str, object]) -> bytes:
     return buffer.getvalue()
 
 
-def _read_source(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
-    """``(label for messages, file content)`` of a path or of content given as bytes."""
+def _read_source(source: str | os.PathLike[str] | bytes, name: str) -> tuple[str, bytes]:
+    """``(label for messages, file content)`` of a path, or of content given as bytes (called ``name``)."""
     if isinstance(source, bytes):
-        label, data = STDIN_LABEL, source
+        label, data = name, source
     else:
         label = os.fspath(source)
         data = read_file(source, "an image")
