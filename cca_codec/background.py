@@ -244,7 +244,9 @@ def start(
     if run.state.exists():
         args += ["--resume", str(run.state)]
     elif not fresh:
-        args += ["--init", str(resolve_model_dir(init))]
+        init_dir = resolve_model_dir(init)
+        args += ["--init", str(init_dir)]
+        write_lineage(run, init_dir)
     args += recipe
     with open(run.output, "ab") as out:
         out.write(f"\n# {datetime.now(timezone.utc).isoformat(timespec='seconds')} start: {' '.join(args)}\n".encode())
@@ -264,6 +266,24 @@ def start(
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=trainer_environment(1), start_new_session=True,
             )
     return proc.pid
+
+
+def write_lineage(run: Run, init_dir: Path) -> None:
+    """Record what the warm-start weights already had behind them (`lineage.json`: steps and
+    machine CPU minutes from their model.json), so stint totals count the model's whole training."""
+    info = json.loads((init_dir / "model.json").read_text()).get("info", {})
+    lineage = {
+        "from": str(init_dir), "steps": int(info.get("total_steps", info.get("steps", 0))),
+        "cpu_minutes": float(info.get("total_cpu_minutes", info.get("minutes", 0.0))),
+    }
+    atomic_write(run.directory / "lineage.json", (json.dumps(lineage, indent=2) + "\n").encode())
+
+
+def read_lineage(run: Run) -> dict:
+    try:
+        return json.loads((run.directory / "lineage.json").read_text())
+    except (OSError, ValueError):
+        return {"steps": 0, "cpu_minutes": 0.0}
 
 
 def stop(run: Run, timeout: float = 300.0) -> bool:
@@ -488,6 +508,11 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     marks = _stint_marks(run)
     since = marks[-1] if marks else 0
     summary = stint_summary(run.records(), since, threads)
+    if summary.get("steps"):
+        lineage = read_lineage(run)
+        summary["total_steps"] += lineage["steps"]
+        summary["total_cpu_minutes"] = round(summary["total_cpu_minutes"] + lineage["cpu_minutes"], 1)
+        _record_totals(export, summary)
     improved = bd.get("shipped") is not None and bd["shipped"] < 0
     committed = "no"
     if install and improved and limit is None:
@@ -505,6 +530,13 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
         with open(run.directory / "stints.jsonl", "a") as f:
             f.write(json.dumps({"step": step, **row}) + "\n")
     return row
+
+
+def _record_totals(export: Path, summary: dict) -> None:
+    """Add the model's whole training (this run plus its lineage) to the exported model.json's info."""
+    meta = json.loads((export / "model.json").read_text())
+    meta["info"].update(total_steps=summary["total_steps"], total_cpu_minutes=summary["total_cpu_minutes"])
+    atomic_write(export / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def _stint_marks(run: Run) -> list[int]:

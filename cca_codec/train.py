@@ -345,7 +345,7 @@ def run_info(state: dict, device: str) -> dict:
     return {
         "steps": state["step"],
         "minutes": round(state["minutes"], 1),
-        "cpu_minutes": round(state.get("cpu_seconds", 0.0) / 60, 1),
+        "cpu_core_minutes": round(state.get("cpu_seconds", 0.0) / 60, 1),  # process CPU time, all threads
         "device": device,
         "variant": o["variant"],
         "batch": o["batch"],

@@ -146,3 +146,18 @@ def test_watcher_stops_the_trainer_while_the_foreground_is_busy(tmp_path):
         child.wait()
     watcher.join(timeout=5)
     assert not watcher.is_alive(), "the watcher outlived its trainer"
+
+
+def test_lineage_counts_the_warm_start_weights(tmp_path):
+    """A run warm-started from a model counts that model's training in its totals."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text(json.dumps({"info": {"steps": 4771, "minutes": 163.9}}))
+    run = bg.Run(tmp_path / "run")
+    run.directory.mkdir()
+    assert bg.read_lineage(run) == {"steps": 0, "cpu_minutes": 0.0}
+    bg.write_lineage(run, model_dir)
+    assert bg.read_lineage(run)["steps"] == 4771 and bg.read_lineage(run)["cpu_minutes"] == 163.9
+    (model_dir / "model.json").write_text(json.dumps({"info": {"steps": 782, "total_steps": 5551, "total_cpu_minutes": 193.9}}))
+    bg.write_lineage(run, model_dir)  # a model exported by a stint carries its whole history
+    assert bg.read_lineage(run)["steps"] == 5551 and bg.read_lineage(run)["cpu_minutes"] == 193.9
