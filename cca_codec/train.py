@@ -129,8 +129,13 @@ class WeightAverage:
         return self.avg
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the saved averages; a buffer whose size differs (the entropy models' CDF tables of
+        a warm-started network, empty in a newly built one) is replaced, not copied into."""
         for k, v in state.items():
-            self.avg[k].copy_(v)
+            if self.avg[k].shape == v.shape:
+                self.avg[k].copy_(v)
+            else:
+                self.avg[k] = v.detach().clone().to(self.avg[k].device)
 
 
 class Objective(nn.Module):

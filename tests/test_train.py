@@ -62,3 +62,16 @@ def test_resume_is_bit_exact(pack, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
     assert all(torch.equal(x, y) for x, y in zip(straight.aux.state_dict().values(), resumed.aux.state_dict().values()))
+
+
+def test_a_warm_started_run_with_ema_resumes(pack, tmp_path):
+    """The background run's case: --init from an exported model (its CDF tables filled), an EMA,
+    then a resume, which builds an empty network from the state and loads the tables into it."""
+    first = run(options(pack[0], tmp_path / "first", export=str(tmp_path / "exported"), export_id="seed"), max_steps=1)
+    assert first.step == 1
+    o = options(pack[0], tmp_path / "warm", init=str(tmp_path / "exported"), ema=0.9)
+    run(o, max_steps=2)
+    resumed = run(options(pack[0], tmp_path / "warm", ema=0.9, resume=str(tmp_path / "warm" / "state.pt")), max_steps=1)
+    assert resumed.step == 3
+    tables = {k: v for k, v in resumed.ema.state_dict().items() if k.endswith("_quantized_cdf")}
+    assert tables and all(v.numel() > 0 for v in tables.values())
