@@ -1,27 +1,30 @@
 """Speed benchmark: per-stage timing of encode and decode, beside classical codecs on the same image.
 
-    ccacodec bench [IMAGE] [--model ID|DIR] [-q Q] [--context MODE] [--device auto|cpu|cuda]
+    ccacodec bench [IMAGE|DIR ...] [--model ID|DIR] [-q Q] [--context MODE] [--device auto|cpu|cuda]
         [--threads 1,2] [--precision auto,fp32,bf16] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
 
-IMAGE defaults to the bundled samples/seeding.png. One *run* per CPU thread count (``--threads``)
+IMAGE defaults to the bundled samples/seeding.png; several images, or a folder (its PNG, JPEG,
+PPM, TIFF, BMP and WebP files, sorted), are timed one after another and reported as medians over
+the images. One *run* per CPU thread count (``--threads``)
 and, when a GPU is present (``--device auto|cuda``), one on CUDA, each once per transform
 precision (``--precision``, cca_codec.precision; default auto, the CLI's default). A run does one untimed
-warm-up round (moving the network to the device, building the coding tables), then
-``--repeat`` timed rounds of the file-to-file path a user sees:
+warm-up round on the first image (moving the network to the device, building the coding
+tables), then ``--repeat`` timed rounds per image of the file-to-file path a user sees:
 
 * encode: read and convert the image, the codec's stages (cca_codec.timing), write the ``.cca``;
 * decode: read the ``.cca``, the codec's stages, write the PNG.
 
 Every stage is the median over the rounds in seconds (CUDA work synchronised at each stage
-boundary); ``other`` is what no stage covers (padding, tensor conversion, checks). Speed in
-megapixels per second = W * H / 10^6 / median total. Peak memory: the process's peak resident
+boundary), then the median of those over the images; ``other`` is what no stage covers
+(padding, tensor conversion, checks). Speed in megapixels per second = W * H / 10^6 / median
+total, per image, then its median over the images; bpp and PSNR are means over the images. Peak memory: the process's peak resident
 set during the run (``VmHWM``, reset before the run where Linux allows, else the peak of the
 whole process) and, on CUDA, ``torch.cuda.max_memory_allocated``. Model load time is that of
 ``load_model`` (reading and checking the weights).
 
 The classical codecs (``--compare``, cca_codec.classical) code the same pixels at their
-benchmark setting, timed the same way (median of ``--repeat`` after a warm-up; command-line
-tools including their process start, with each tool's default threading), and the table
+benchmark setting, timed the same way (median of ``--repeat`` after a warm-up, per image, then over the images;
+command-line tools including their process start, with each tool's default threading), and the table
 prints how many times slower ccacodec is in each run. Markdown goes to stdout, progress to
 stderr, everything to ``--json FILE``.
 """
@@ -56,7 +59,8 @@ from .timing import CONTAINER_READ, CONTAINER_WRITE, IMAGE_READ, IMAGE_WRITE, St
 DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
 """The bundled sample image (present in a source checkout)."""
 
-DEFAULT_COMPARE = "jpeg,webp,cwebp,jxl,avif"
+DEFAULT_COMPARE = "jpeg,webp,avifpil,cwebp,jxl,avif"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".bmp", ".webp")
 OTHER = "other"
 MIB = 1 << 20
 
@@ -124,6 +128,15 @@ def _median_stages(timers: list[StageTimer], totals: list[float], megapixels: fl
     return {"stages": stages, "other_s": other, "total_s": total, "megapixels_per_s": megapixels / total}
 
 
+def _median_over_images(per_image: list[dict]) -> dict:
+    """The median over images of each entry of their `_median_stages` results."""
+    names = {name for m in per_image for name in m["stages"]}
+    return {
+        "stages": {name: statistics.median(m["stages"].get(name, 0.0) for m in per_image) for name in names},
+        **{key: statistics.median(m[key] for m in per_image) for key in ("other_s", "total_s", "megapixels_per_s")},
+    }
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark of this process (Linux); False where that is not possible."""
     try:
@@ -147,8 +160,9 @@ def _peak_rss_mib() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def measure_run(image_path: Path, model: LoadedModel, quality: float, context: str, spec: RunSpec, repeat: int) -> dict:
-    """Time ``repeat`` rounds (after one warm-up) on ``spec``; see the module docstring for the measures.
+def measure_run(images: Sequence[Path], model: LoadedModel, quality: float, context: str, spec: RunSpec, repeat: int) -> dict:
+    """Time ``repeat`` rounds per image (after one warm-up on the first) on ``spec``; see the
+    module docstring for the measures.
 
     Returns ``{"label", "device", "threads", "precision" (the one used), "warm_up_s", "encode": {"stages": {name: s},
     "other_s", "total_s", "megapixels_per_s"}, "decode": {...}, "peak_rss_mib", "peak_rss_scope"
@@ -159,48 +173,64 @@ def measure_run(image_path: Path, model: LoadedModel, quality: float, context: s
     try:
         with tempfile.TemporaryDirectory(prefix="cca-bench-") as tmp:
             start = time.perf_counter()
-            _one_round(image_path, model, quality, context, spec, Path(tmp))
+            _one_round(images[0], model, quality, context, spec, Path(tmp))
             warm_up_s = time.perf_counter() - start
             scope = "run" if _reset_peak_rss() else "process"
             if spec.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            rounds = [_one_round(image_path, model, quality, context, spec, Path(tmp)) for _ in range(repeat)]
+            rounds = [[_one_round(path, model, quality, context, spec, Path(tmp)) for _ in range(repeat)] for path in images]
     finally:
         torch.set_num_threads(previous_threads)
-    last = rounds[-1]
-    megapixels = last.image.width * last.image.height / 1e6
+
+    def per_image(direction: str) -> list[dict]:
+        return [
+            _median_stages(
+                [getattr(r, direction) for r in image_rounds],
+                [getattr(r, f"{direction}_s") for r in image_rounds],
+                image_rounds[-1].image.width * image_rounds[-1].image.height / 1e6,
+            )
+            for image_rounds in rounds
+        ]
+
+    lasts = [image_rounds[-1] for image_rounds in rounds]
     return {
         "label": spec.label,
         "device": spec.device.type,
         "threads": spec.threads,
         "precision": resolve_precision(spec.precision, spec.device),
         "warm_up_s": warm_up_s,
-        "encode": _median_stages([r.encode for r in rounds], [r.encode_s for r in rounds], megapixels),
-        "decode": _median_stages([r.decode for r in rounds], [r.decode_s for r in rounds], megapixels),
+        "encode": _median_over_images(per_image("encode")),
+        "decode": _median_over_images(per_image("decode")),
         "peak_rss_mib": _peak_rss_mib(),
         "peak_rss_scope": scope,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / MIB if spec.device.type == "cuda" else None,
-        "bpp": bits_per_pixel(last.file_bytes, last.image.width, last.image.height),
-        "psnr_rgb": psnr(last.image.rgb, output_rgb(last.decoded)),
+        "bpp": statistics.fmean(bits_per_pixel(r.file_bytes, r.image.width, r.image.height) for r in lasts),
+        "psnr_rgb": statistics.fmean(psnr(r.image.rgb, output_rgb(r.decoded)) for r in lasts),
     }
 
 
-def measure_classical(codec: classical.ClassicalCodec, image: SourceImage, repeat: int, runs: list[dict]) -> dict:
-    """Time ``codec`` at its benchmark setting (median of ``repeat`` after a warm-up), with
-    the ratio ccacodec time / codec time for each of our ``runs``."""
+def measure_classical(codec: classical.ClassicalCodec, images: Sequence[SourceImage], repeat: int, runs: list[dict]) -> dict:
+    """Time ``codec`` at its benchmark setting (median of ``repeat`` after a warm-up per image,
+    then the median over the images), with the ratio ccacodec time / codec time for each of our
+    ``runs``; bpp and PSNR are means over the images."""
+    encode, decode, bpp, quality = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="cca-bench-") as tmp:
-        source = classical.write_source_png(image.rgb, Path(tmp) / "source.png")
-        out = Path(tmp) / f"bench{codec.suffix}"
-        coded = [codec.run(source, codec.bench_quality, out) for _ in range(repeat + 1)][1:]
-    encode_s = statistics.median(c.encoding_time for c in coded)
-    decode_s = statistics.median(c.decoding_time for c in coded)
+        for image in images:
+            source = classical.write_source_png(image.rgb, Path(tmp) / "source.png")
+            out = Path(tmp) / f"bench{codec.suffix}"
+            coded = [codec.run(source, codec.bench_quality, out) for _ in range(repeat + 1)][1:]
+            encode.append(statistics.median(c.encoding_time for c in coded))
+            decode.append(statistics.median(c.decoding_time for c in coded))
+            bpp.append(bits_per_pixel(coded[-1].file_bytes, image.width, image.height))
+            quality.append(psnr(image.rgb, coded[-1].rgb))
+    encode_s, decode_s = statistics.median(encode), statistics.median(decode)
     return {
         "key": codec.key,
         "name": codec.name,
         "version": codec.version(),
         "setting": f"{codec.setting} = {codec.bench_quality:g}",
-        "bpp": bits_per_pixel(coded[-1].file_bytes, image.width, image.height),
-        "psnr_rgb": psnr(image.rgb, coded[-1].rgb),
+        "bpp": statistics.fmean(bpp),
+        "psnr_rgb": statistics.fmean(quality),
         "encode_s": encode_s,
         "decode_s": decode_s,
         "slower": {
@@ -226,8 +256,25 @@ def run_specs(device: str, threads: Sequence[int], precisions: Sequence[str] = (
     return [RunSpec(where, n, precision) for where, n in places for precision in precisions]
 
 
+def image_paths(arguments: Sequence[Path]) -> list[Path]:
+    """The images named on the command line: files as given, folders as their image files
+    (IMAGE_SUFFIXES, sorted by name). UsageError when a path is missing or a folder has none."""
+    paths: list[Path] = []
+    for arg in arguments:
+        if arg.is_dir():
+            found = sorted(p for p in arg.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"folder {arg} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif arg.is_file():
+            paths.append(arg)
+        else:
+            raise UsageError(f"no such image or folder: {arg}")
+    return paths
+
+
 def bench(
-    image_path: Path,
+    images: Sequence[Path],
     model_ref: str | None,
     quality: float | None,
     context: str | None,
@@ -235,12 +282,16 @@ def bench(
     repeat: int,
     codecs: Sequence[classical.ClassicalCodec],
     say: Callable[[str], None] = _say,
+    label: str | None = None,
 ) -> dict:
-    """Run the whole benchmark; returns the JSON document (see :func:`measure_run`,
+    """Run the whole benchmark on ``images`` (``label`` names them in the report: default the
+    single image's path, or the count); returns the JSON document (see :func:`measure_run`,
     :func:`measure_classical`). A classical codec that fails is skipped with a message."""
     if repeat < 1:
         raise UsageError("--repeat must be at least 1")
-    image = load_image(image_path)
+    if not images:
+        raise UsageError("no image to time")
+    sources = [load_image(path) for path in images]
     start = time.perf_counter()
     model = load_model(model_ref)
     model_load_s = time.perf_counter() - start
@@ -249,20 +300,22 @@ def bench(
     runs = []
     for spec in specs:
         say(f"timing ccacodec, {spec.label} ...")
-        runs.append(measure_run(image_path, model, q, mode, spec, repeat))
+        runs.append(measure_run(images, model, q, mode, spec, repeat))
     compared, skipped = [], []
     for codec in codecs:
         say(f"timing {codec.key} ...")
         try:
-            compared.append(measure_classical(codec, image, repeat, runs))
+            compared.append(measure_classical(codec, sources, repeat, runs))
         except classical.ToolFailure as exc:
             skipped.append(f"{codec.key}: {exc}")
             say(f"{codec.key} skipped: {exc}")
+    sizes = {(s.width, s.height) for s in sources}
     return {
-        "image": str(image_path),
-        "width": image.width,
-        "height": image.height,
-        "megapixels": image.width * image.height / 1e6,
+        "image": label or (str(images[0]) if len(images) == 1 else f"{len(images)} images"),
+        "images": [str(path) for path in images],
+        "width": sources[0].width if len(sizes) == 1 else None,
+        "height": sources[0].height if len(sizes) == 1 else None,
+        "megapixels": statistics.fmean(s.width * s.height / 1e6 for s in sources),
         "model": model.model_id,
         "quality": q,
         "context": mode,
@@ -309,10 +362,14 @@ def _stage_table(runs: list[dict], direction: str) -> list[str]:
 def markdown(report: dict) -> str:
     """The report as markdown: a summary per run, encode and decode stages, classical codecs."""
     runs = report["runs"]
+    count = len(report["images"])
+    size = f"{report['width']}x{report['height']}" if report["width"] else "mixed sizes"
+    over = f"median of {report['repeat']} per image after a warm-up, then over the {count} images" if count > 1 else f"median of {report['repeat']} after a warm-up"
+    mean = "mean " if count > 1 else ""
     lines = [
-        f"{report['image']}: {report['width']}x{report['height']} ({report['megapixels']:.2f} MP); model "
-        f"{report['model']}, quality {report['quality']:g}, {report['context']}: {runs[0]['bpp']:.3f} bpp, "
-        f"{runs[0]['psnr_rgb']:.2f} dB; median of {report['repeat']} after a warm-up; model load {report['model_load_s']:.2f} s",
+        f"{report['image']}: {size} ({report['megapixels']:.2f} MP{' on average' if count > 1 else ''}); model "
+        f"{report['model']}, quality {report['quality']:g}, {report['context']}: {mean}{runs[0]['bpp']:.3f} bpp, "
+        f"{runs[0]['psnr_rgb']:.2f} dB; {over}; model load {report['model_load_s']:.2f} s",
         "",
         "| run | encode (s) | decode (s) | encode MP/s | decode MP/s | warm-up round (s) | peak RSS (MiB) | peak CUDA (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -364,7 +421,9 @@ def _precisions(text: str) -> list[str]:
 
 def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", type=Path, nargs="?", default=None, metavar="IMAGE", help="image to time (default: the bundled samples/seeding.png)")
+    p.add_argument(
+        "images", type=Path, nargs="*", metavar="IMAGE", help="images or folders of images to time (default: the bundled samples/seeding.png)"
+    )
     p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
     p.add_argument("-q", "--quality", type=float, default=None, help="quality (default: the model's)")
     p.add_argument("--context", default=None, choices=["grouped", "checkerboard"], help="context mode (default: the model's)")
@@ -385,16 +444,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.ben
     """Command-line entry point; errors become one line on stderr and the error's exit code."""
     args = _parse_args(argv, prog)
     try:
-        image = args.image or DEFAULT_IMAGE
-        if args.image is None and not DEFAULT_IMAGE.is_file():
+        if not args.images and not DEFAULT_IMAGE.is_file():
             raise UsageError(f"the bundled sample {DEFAULT_IMAGE} is not installed; give an IMAGE")
+        arguments = args.images or [DEFAULT_IMAGE]
+        images = image_paths(arguments)
+        label = str(arguments[0]) if len(arguments) == 1 and arguments[0].is_dir() else None
         specs = run_specs(args.device, _thread_counts(args.threads), _precisions(args.precision))
         codecs = classical.available(
             classical.resolve([key.strip() for key in args.compare.split(",") if key.strip()]), lambda line: _say(f"{prog}: {line}")
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            report = bench(image, args.model, args.quality, args.context, specs, args.repeat, codecs)
+            report = bench(images, args.model, args.quality, args.context, specs, args.repeat, codecs, label=label)
         if args.json is not None:
             atomic_write(args.json, (json.dumps(report, indent=2) + "\n").encode())
     except CodecError as exc:

@@ -1,11 +1,12 @@
 """Classical image codecs, run on the same 8-bit RGB pixels as ours: real files, real decoders.
 
 Each codec writes a real compressed file (its size on disk is the rate) and decodes it back to
-8-bit RGB with its own decoder. Pillow codes JPEG and WebP in-process; AVIF, JPEG XL, HEIC and
-cwebp are Debian's command-line tools (``make codecs`` installs them), used when on PATH.
+8-bit RGB with its own decoder. Pillow codes JPEG, WebP and AVIF (``avifpil``: its bundled
+libavif, default speed 6 and 4:2:0) in-process; avifenc, cjxl, heif-enc and cwebp are
+Debian's command-line tools (``make codecs`` installs them), used when on PATH.
 Every codec has a sweep of settings chosen so that its curve spans about 0.1 to 2 bpp on Kodak,
 and one setting for the speed benchmark. Settings other than the one swept are each tool's
-defaults (chroma: JPEG 4:4:4 or 4:2:0 as named, WebP and HEIC 4:2:0, AVIF 4:4:4 from RGB input,
+defaults (chroma: JPEG 4:4:4 or 4:2:0 as named, WebP, HEIC and Pillow's AVIF 4:2:0, avifenc 4:4:4 from RGB input,
 JPEG XL its XYB colour space).
 
     ccacodec eval DIR --compare jpeg,jpeg420,webp,avif,jxl,heic ...
@@ -234,6 +235,11 @@ CODECS: dict[str, ClassicalCodec] = {
             key="webp", name="webp-pillow", pil_format="WEBP", feature="webp", suffix=".webp",
             options=lambda q: {"quality": q},
             setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75,
+        ),
+        PillowCodec(
+            key="avifpil", name="avif-pillow", pil_format="AVIF", feature="avif", suffix=".avif",
+            options=lambda q: {"quality": int(q)},
+            setting="quality 0-100", qualities=(10, 20, 30, 40, 50, 60, 70, 80, 90), bench_quality=60,
         ),
         ExternalCodec(
             key="cwebp", name="webp-cwebp", suffix=".webp", package="webp",

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, runtime
 from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container
 from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError, one_line
 from .fileio import STDOUT, read_file, write_output
@@ -142,12 +142,12 @@ def cli() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the command line and exit with its code.
 
-    OpenMP threads wait passively unless the user says otherwise: spinning threads make a
-    2-core machine that is busy with anything else many times slower. On the way out the heap
+    Before torch loads, OpenMP threads get a short spin before they sleep and the C heap keeps
+    freed blocks for reuse (cca_codec.runtime: measured there). On the way out the heap
     is frozen (gc.freeze), so that the interpreter's shutdown does not search the objects torch
     made for cycles (tenths of a second idle, seconds on a loaded machine: docs/RESULTS.md).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    runtime.tune_process()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)
     finally:

@@ -110,3 +110,27 @@ def test_ccacodec_bench_subcommand_passes_its_arguments(make_image):
     result = CliRunner().invoke(cli, ["bench", str(make_image(64, 64)), "--threads", "two"])
     assert result.exit_code == UsageError.exit_code
     assert result.output.strip().splitlines() == ["ccacodec bench: error: --threads must be comma-separated integers, got 'two'"]
+
+
+def test_bench_times_a_folder_image_by_image(models_env, make_image, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, (h, w) in {"a.png": (64, 64), "b.png": (64, 128)}.items():
+        make_image(h, w).rename(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "bench.json"
+    bench.main([str(folder), "--model", "test-tiny", "--device", "cpu", "--threads", "1", "--repeat", "1", "--compare", "jpeg", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["image"] == str(folder) and [p.rsplit("/", 1)[-1] for p in report["images"]] == ["a.png", "b.png"]
+    assert report["width"] is None and report["megapixels"] == pytest.approx((64 * 64 + 64 * 128) / 2 / 1e6)
+    run = report["runs"][0]
+    assert run["encode"]["total_s"] >= max(run["encode"]["stages"].values()) > 0 and run["bpp"] > 0
+    assert report["classical"][0]["bpp"] > 0
+    assert "then over the 2 images" in capsys.readouterr().out
+
+
+def test_bench_refuses_a_folder_without_images(models_env, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(tmp_path), "--model", "test-tiny", "--device", "cpu", "--threads", "1"])
+    assert exit_info.value.code == UsageError.exit_code
+    assert "holds no images" in capsys.readouterr().err

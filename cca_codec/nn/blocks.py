@@ -9,10 +9,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 
 def conv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
     """Conv2d with 'same' padding (k//2): output size = ceil(input / stride)."""
-    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+    return Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same state dict) whose stride-1 instances go through
+    `kernels.conv2d`: the by-taps kernel in float64 on the CPU, torch's convolution otherwise."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride != (1, 1) or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+            return super().forward(x)
+        return kernels.conv2d(x, self.weight, self.bias, self.padding)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise 'same' convolution (groups = channels) through `kernels.depthwise_conv2d`."""
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.depthwise_conv2d(x, self.weight, self.bias, self.padding)
 
 
 def at_least_float32(layer: nn.Module, x: Tensor) -> Tensor:
@@ -27,9 +49,22 @@ def at_least_float32(layer: nn.Module, x: Tensor) -> Tensor:
 
 def deconv(in_ch: int, out_ch: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
     """ConvTranspose2d that multiplies the spatial size by exactly `stride`."""
-    return nn.ConvTranspose2d(
+    return TransposedConv2d(
         in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, output_padding=stride - 1
     )
+
+
+class TransposedConv2d(nn.ConvTranspose2d):
+    """ConvTranspose2d that runs a stride-1 instance as the equivalent convolution (kernel
+    flipped in space, in/out channels swapped, padding k - 1 - p) through `kernels.conv2d`: the
+    same sums, and in float64 on the CPU (the hyper-synthesis when coding) 2-4x faster than
+    torch's transposed kernel."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if self.stride != (1, 1) or output_size is not None or self.groups != 1:
+            return super().forward(x, output_size)
+        padding = tuple(k - 1 - p for k, p in zip(self.kernel_size, self.padding))
+        return kernels.conv2d(x, self.weight.transpose(0, 1).flip(2, 3), self.bias, padding)
 
 
 class ResidualBottleneckBlock(nn.Module):
@@ -58,16 +93,17 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> same shape and memory layout.
+        """(B, C, H, W) -> same shape, dtype and memory layout.
 
         One fused `layer_norm` over the channel axis of the NHWC view: about 5x faster (forward
         plus backward) than the mean / variance / sqrt chain it replaces, and equal to it within
-        a few ulp."""
+        a few ulp. It runs in the input's dtype, autocast or not (the kernel accumulates bf16 in
+        float32): autocast would otherwise widen a bf16 NAF-block's whole residual stream to
+        float32, twice the memory traffic of every elementwise op around it."""
         nhwc = x.permute(0, 2, 3, 1)
-        weight, bias = self.weight, self.bias
-        if not torch.is_autocast_enabled(x.device.type):
-            weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-        out = F.layer_norm(nhwc, (x.shape[1],), weight, bias, self.eps).permute(0, 3, 1, 2)
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.layer_norm(nhwc, (x.shape[1],), self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        out = out.permute(0, 3, 1, 2)
         # keep the input's layout: the NCHW float32/float64 coding paths are slower on channels_last
         return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
 
@@ -90,31 +126,34 @@ class NAFBlock(nn.Module):
         super().__init__()
         c, c2 = channels, 2 * channels
         self.norm1 = LayerNorm2d(c)
-        self.dwconv = nn.Sequential(nn.Conv2d(c, c2, 1), nn.Conv2d(c2, c2, 3, padding=1, groups=c2))
+        self.dwconv = nn.Sequential(conv(c, c2, 1, 1), DepthwiseConv2d(c2))
         self.sg = SimpleGate()
         self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))
-        self.conv1 = nn.Conv2d(c, c, 1)
+        self.conv1 = conv(c, c, 1, 1)
         self.norm2 = LayerNorm2d(c)
-        self.ffn = nn.Sequential(nn.Conv2d(c, c2, 1), SimpleGate(), nn.Conv2d(c, c, 1))
+        self.ffn = nn.Sequential(conv(c, c2, 1, 1), SimpleGate(), conv(c, c, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.sg(self.dwconv(self.norm1(x)))
         h = self.conv1(h * self._attention(h))
-        y = x + h * self.beta
-        return y + self.ffn(self.norm2(y)) * self.gamma
+        y = x + h * self.beta.to(h.dtype)
+        return y + self.ffn(self.norm2(y)) * self.gamma.to(y.dtype)
 
     def _attention(self, h: Tensor) -> Tensor:
-        """Simplified channel attention (global average pool, 1x1 conv): (B, C, 1, 1).
+        """Simplified channel attention (global average pool, 1x1 conv): (B, C, 1, 1), in h's dtype.
 
-        Computed in float64 (outside autocast) and rounded back: the pooled matrix-vector
-        product otherwise sums in an order that depends on the CPU thread count, and the
-        decoder's pixels must not.
+        The pool sums each row in at least float32, then the rows in float64, and the 1x1 conv
+        runs in float64 (outside autocast): a single reduction over the whole plane, or the pooled
+        matrix-vector product, sums in an order that depends on the CPU thread count, and the
+        decoder's pixels must not. (Widening all of h to float64 first costs 4x the traffic.)
         """
         conv = self.sca[1]
         with torch.autocast(h.device.type, enabled=False):
-            pooled = h.double().mean((2, 3), keepdim=True)
+            # (B, H, C) row sums: reduced over W on the NHWC view, fast in either memory layout
+            rows = h.permute(0, 2, 3, 1).sum(2, dtype=torch.promote_types(h.dtype, torch.float32))
+            pooled = (rows.double().sum(1) / (h.shape[2] * h.shape[3]))[:, :, None, None]
             weights = F.conv2d(pooled, conv.weight.double(), conv.bias.double())
         return weights.to(h.dtype)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .blocks import NAFStack, at_least_float32, conv
 from .config import ModelConfig
 
@@ -56,21 +56,25 @@ class CheckerboardContext(nn.Module):
     kernel taps that could land on a non-anchor are masked, so the output at a non-anchor depends
     on anchors only (never on itself or on another non-anchor). Output: (B, 2*W0, h, w), the
     contributions added to the first hidden layer of the mean head and of the scale head.
-    Meaningful at non-anchor positions only.
+    Meaningful at non-anchor positions only. Only the 12 unmasked taps are summed where
+    `kernels.conv2d` runs by taps (float64 coding on the CPU).
     """
+
+    TAPS = tuple((i, j) for i in range(SPATIAL_KERNEL) for j in range(SPATIAL_KERNEL) if (i + j) % 2 == 1)
+    """Kernel positions at odd offsets from the centre: the ones that land on anchors."""
 
     def __init__(self, channels: int, head_width: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, 2 * head_width, SPATIAL_KERNEL, padding=SPATIAL_KERNEL // 2)
-        k = torch.arange(SPATIAL_KERNEL)
-        taps = ((k[:, None] + k[None, :]) % 2 == 1).to(torch.float32)  # odd offsets from the centre
-        self.register_buffer("kernel_mask", taps[None, None], persistent=False)
+        mask = torch.zeros(SPATIAL_KERNEL, SPATIAL_KERNEL)
+        mask[tuple(zip(*self.TAPS))] = 1.0
+        self.register_buffer("kernel_mask", mask[None, None], persistent=False)
 
     def forward(self, y_hat_slice: Tensor) -> Tensor:
         anchors = anchor_mask(*y_hat_slice.shape[-2:], device=y_hat_slice.device)
         x = y_hat_slice * anchors.to(y_hat_slice.dtype)
         weight = self.conv.weight * self.kernel_mask.to(self.conv.weight.dtype)
-        return F.conv2d(x, weight, self.conv.bias, padding=SPATIAL_KERNEL // 2)
+        return kernels.conv2d(x, weight, self.conv.bias, self.conv.padding, self.TAPS)
 
 
 class ChannelContextModel(nn.Module):

@@ -1,0 +1,58 @@
+"""Process settings for the command-line tools: how OpenMP threads wait, and how the C heap
+recycles memory. Both must be applied before torch is imported; neither changes any result.
+
+Measured on the 2-core machine (kodim23, 2 threads, docs/RESULTS.md, *Speed*):
+
+* OpenMP waiting. The coding path runs hundreds of small parallel ops, so how a worker thread
+  waits between them matters. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) costs a wake-up
+  every op: encode 0.65 s against 0.51 s with libgomp's default spin. Spinning long (the
+  default) is ruinous when another process holds a core: 1.84 s against 0.90 s. A short spin
+  (``GOMP_SPINCOUNT=10000``) keeps most of the idle speed and bounds the loss under load.
+* Heap. glibc serves every block over its dynamic mmap threshold with fresh pages from the
+  kernel and returns them on free, so each new activation tensor (12 MB at half resolution)
+  pays a page fault per 4 KiB page on first touch: about a quarter of g_a's and g_s's time.
+  Raising the mmap threshold to its maximum (32 MiB) and keeping freed memory in the heap
+  reuses those pages (peak memory unchanged: the same blocks are live at the peak).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from collections.abc import MutableMapping
+
+SPIN_COUNT = "10000"
+"""libgomp spin iterations before a waiting OpenMP thread sleeps (its default is 300000)."""
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses more on 64-bit systems
+_TRIM_THRESHOLD = 1 << 30
+_TOP_PAD = 64 << 20
+
+
+def set_thread_waiting(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Give OpenMP threads a short spin before they sleep, unless the user chose a policy
+    (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` already set). Effective only before torch loads."""
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse large freed blocks instead of unmapping them.
+    Returns whether it took effect (False off glibc, e.g. on macOS or musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    settings = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD))
+    return all(mallopt(param, value) == 1 for param, value in settings)
+
+
+def tune_process() -> None:
+    """Both settings, for a command-line process about to import torch."""
+    set_thread_waiting()
+    keep_freed_memory()
