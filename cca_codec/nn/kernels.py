@@ -45,8 +45,10 @@ def conv2d_by_taps(
     ph, pw = padding
     out_h, out_w = height + 2 * ph - kh + 1, width + 2 * pw - kw + 1
     row = width + 2 * pw
-    # one extra zero row at the bottom keeps the last tap's view inside the buffer
-    flat = F.pad(x, (pw, pw, ph, ph + 1)).reshape(batch, cin, -1)
+    # with kw > 1, one extra zero row at the bottom keeps the last tap's view inside the buffer;
+    # a 1x1 kernel reads x itself (no copy)
+    extra = int(kw > 1)
+    flat = (F.pad(x, (pw, pw, ph, ph + extra)) if pw or ph or extra else x).reshape(batch, cin, -1)
     span = out_h * row  # output computed on the padded row pitch; the last 2*pw columns are dropped
     per_tap = weight.permute(2, 3, 0, 1).contiguous()  # (kh, kw, Cout, Cin)
     chosen = [(i, j) for i in range(kh) for j in range(kw)] if taps is None else list(taps)
