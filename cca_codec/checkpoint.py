@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 
 from .errors import InputError, ModelError, UsageError
 from .fileio import atomic_write
+from .nn.blocks import weights_loaded_later
 from .nn.config import ModelConfig, get_config
 from .nn.model import CCAModel
 from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
@@ -367,7 +368,8 @@ def _read_network(path: Path, sha256: bytes, cfg: ModelConfig, num_qualities: in
         raise ModelError(f"cannot read model {model_id!r} weights {path}: {exc.strerror or exc}") from None
     if hashlib.sha256(weights).digest() != sha256:
         raise ModelError(f"weights of model {model_id!r} in {path.parent} do not match their sha256 ({path.name})")
-    net = CCAModel(cfg, num_qualities=num_qualities, trainable=trainable)
+    with weights_loaded_later():  # every parameter is loaded next, strictly
+        net = CCAModel(cfg, num_qualities=num_qualities, trainable=trainable)
     try:
         state = {
             k: (v if not v.is_floating_point() or k.endswith(_EXACT_BUFFERS) else v.float())

@@ -70,3 +70,21 @@ def test_checkerboard_context_reads_anchors_only_in_float64():
     assert close(ctx(y), reference)
     changed = torch.where(anchors, y, y + 5.0)  # moving the non-anchors changes nothing
     assert torch.equal(ctx(changed), ctx(y))
+
+
+def test_convolutions_initialise_like_torch_unless_weights_come_later():
+    from cca_codec.nn.blocks import TransposedConv2d, weights_loaded_later
+
+    for ours, theirs, args in [(Conv2d, torch.nn.Conv2d, (4, 6, 3)), (TransposedConv2d, torch.nn.ConvTranspose2d, (4, 6, 5))]:
+        torch.manual_seed(5)
+        a = ours(*args)
+        torch.manual_seed(5)
+        b = theirs(*args)
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+        torch.manual_seed(5)
+        state = torch.random.get_rng_state()
+        with weights_loaded_later():
+            ours(*args)
+        assert torch.equal(torch.random.get_rng_state(), state)  # nothing drawn: no initialisation ran
+        torch.manual_seed(5)
+        assert torch.equal(ours(*args).weight, b.weight)  # and outside the block it runs again

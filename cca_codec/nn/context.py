@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import kernels
-from .blocks import NAFStack, at_least_float32, conv
+from .blocks import Conv2d, NAFStack, at_least_float32, conv
 from .config import ModelConfig
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class CheckerboardContext(nn.Module):
 
     def __init__(self, channels: int, head_width: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, 2 * head_width, SPATIAL_KERNEL, padding=SPATIAL_KERNEL // 2)
+        self.conv = Conv2d(channels, 2 * head_width, SPATIAL_KERNEL, padding=SPATIAL_KERNEL // 2)
         mask = torch.zeros(SPATIAL_KERNEL, SPATIAL_KERNEL)
         mask[tuple(zip(*self.TAPS))] = 1.0
         self.register_buffer("kernel_mask", mask[None, None], persistent=False)
