@@ -533,10 +533,17 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
 
 
 def _record_totals(export: Path, summary: dict) -> None:
-    """Add the model's whole training (this run plus its lineage) to the exported model.json's info."""
+    """Add the model's whole training (this run plus its lineage) to the exported model.json's
+    info and to its model card (whose own line counts only this run)."""
     meta = json.loads((export / "model.json").read_text())
     meta["info"].update(total_steps=summary["total_steps"], total_cpu_minutes=summary["total_cpu_minutes"])
     atomic_write(export / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
+    card = (export / "MODEL_CARD.md").read_text()
+    whole = (
+        f"Whole training, this run and the weights it started from: {summary['total_steps']:,} steps, "
+        f"{summary['total_cpu_minutes']} CPU minutes (2-core machine minutes, see TRAINING.md).\n"
+    )
+    atomic_write(export / "MODEL_CARD.md", (card.rstrip("\n") + "\n\n" + whole).encode())
 
 
 def _stint_marks(run: Run) -> list[int]:

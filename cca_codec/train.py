@@ -375,7 +375,7 @@ def model_card(model_id: str, net: CCAModel, info: dict) -> str:
         f"CCA-loss learned image codec network (Han et al., NeurIPS 2024 design), configuration `{cfg.name}`: "
         f"{net.inference_parameter_count():,} inference parameters, M={cfg.latent_channels}, slices {cfg.slice_sizes}, "
         f"checkerboard spatial context: {cfg.spatial_context}.\n\n"
-        f"Training: {info.get('steps', '?')} steps, {info.get('minutes', 0):.1f} minutes on {info.get('device', '?')}, "
+        f"Training (this run): {info.get('steps', '?')} steps, {info.get('minutes', 0):.1f} wall minutes on {info.get('device', '?')}, "
         f"CCA variant {info.get('variant', '?')}. See TRAINING.md for data, curves and rate-distortion.\n"
     )
 

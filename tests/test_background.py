@@ -94,6 +94,7 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert set(row["bd"]) >= {"jpeg", "vtm", "bpg"} and row["committed"] == "no"
     model = load_model(row["export"])
     assert model.info["steps"] == row["total_steps"]
+    assert f"Whole training, this run and the weights it started from: {row['total_steps']:,} steps" in (Path(row["export"]) / "MODEL_CARD.md").read_text()
     table = (models / "cca-compact" / "TRAINING.md").read_text()
     assert bg.STINTS_HEADING in table and "| b2x64 bf16 cl constant 1e-4 ema0.998 |" in table
 
