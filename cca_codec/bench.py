@@ -3,8 +3,8 @@
     ccacodec bench [IMAGE|DIR ...] [--model ID|DIR] [-q Q] [--context MODE] [--device auto|cpu|cuda]
         [--threads 1,2] [--precision auto,fp32,bf16] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
 
-IMAGE defaults to the bundled samples/seeding.png; several images, or a folder (its PNG, JPEG,
-PPM, TIFF, BMP and WebP files, sorted), are timed one after another and reported as medians over
+IMAGE defaults to the bundled samples/seeding.png; several images, or a folder (its image files,
+sorted, as ``ccacodec eval`` reads them), are timed one after another and reported as medians over
 the images. One *run* per CPU thread count (``--threads``)
 and, when a GPU is present (``--device auto|cuda``), one on CUDA, each once per transform
 precision (``--precision``, cca_codec.precision; default auto, the CLI's default). A run does one untimed
@@ -49,7 +49,7 @@ from . import __version__, classical
 from .checkpoint import LoadedModel, load_model
 from .codec import decode_image, default_context, encode_image, resolve_device
 from .errors import CodecError, UsageError
-from .evaluate import output_rgb
+from .evaluate import find_images, output_rgb
 from .fileio import atomic_write, read_file
 from .imageio import DecodedImage, SourceImage, load_image, save_image
 from .metrics import bits_per_pixel, psnr
@@ -60,7 +60,6 @@ DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
 """The bundled sample image (present in a source checkout)."""
 
 DEFAULT_COMPARE = "jpeg,webp,avifpil,cwebp,jxl,avif"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".bmp", ".webp")
 OTHER = "other"
 MIB = 1 << 20
 
@@ -258,14 +257,12 @@ def run_specs(device: str, threads: Sequence[int], precisions: Sequence[str] = (
 
 def image_paths(arguments: Sequence[Path]) -> list[Path]:
     """The images named on the command line: files as given, folders as their image files
-    (IMAGE_SUFFIXES, sorted by name). UsageError when a path is missing or a folder has none."""
+    (`evaluate.find_images`, the folders `ccacodec eval` reads). UsageError when a path is missing
+    or a folder has none."""
     paths: list[Path] = []
     for arg in arguments:
         if arg.is_dir():
-            found = sorted(p for p in arg.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UsageError(f"folder {arg} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            paths += found
+            paths += find_images(arg)
         elif arg.is_file():
             paths.append(arg)
         else:

@@ -133,4 +133,4 @@ def test_bench_refuses_a_folder_without_images(models_env, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main([str(tmp_path), "--model", "test-tiny", "--device", "cpu", "--threads", "1"])
     assert exit_info.value.code == UsageError.exit_code
-    assert "holds no images" in capsys.readouterr().err
+    assert f"no images (.bmp .jpeg .jpg .pgm .png .ppm .tif .tiff .webp) in {tmp_path}" in capsys.readouterr().err

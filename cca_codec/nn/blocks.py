@@ -88,7 +88,7 @@ class TransposedConv2d(_InitUnlessLoaded, nn.ConvTranspose2d):
     torch's transposed kernel."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if self.stride != (1, 1) or output_size is not None or self.groups != 1:
+        if self.stride != (1, 1) or output_size is not None or self.groups != 1 or self.dilation != (1, 1):
             return super().forward(x, output_size)
         padding = tuple(k - 1 - p for k, p in zip(self.kernel_size, self.padding))
         return kernels.conv2d(x, self.weight.transpose(0, 1).flip(2, 3), self.bias, padding)
