@@ -88,6 +88,11 @@ class Run:
     def recipe(self) -> Path:
         return self.directory / "recipe.json"
 
+    @property
+    def stopping(self) -> Path:
+        """Marker written by `stop`: the trainer is saving its state and exiting."""
+        return self.directory / "stopping"
+
     def pid(self) -> int | None:
         """The trainer's pid while it runs, else None (a stale pid file is removed)."""
         try:
@@ -194,8 +199,9 @@ class YieldDecider:
 
 def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
     """Stop the trainer while other work uses the CPU, continue it when the machine is quiet;
-    return when the trainer has exited. A `paused` file in the run directory (user's `pause`)
-    keeps it stopped."""
+    return when the trainer has exited, or at once (after continuing it) once `stop` has marked
+    the run `stopping`: a trainer that is saving its state must not be stopped again. A `paused`
+    file in the run directory (user's `pause`) keeps it stopped."""
     hz = os.sysconf("SC_CLK_TCK")
     me = os.getpid()
     decider = YieldDecider(policy)
@@ -207,6 +213,9 @@ def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
             break
         other = (total - last_total - (trainer - last_trainer) - (mine - last_me)) / hz / policy.period
         last_total, last_trainer, last_me = total, trainer, mine
+        if run.stopping.exists():
+            os.kill(pid, signal.SIGCONT)
+            return
         action = decider.step(other, time.monotonic(), (run.directory / "paused").exists())
         if action:
             os.kill(pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
@@ -257,6 +266,7 @@ def start(
         )
     atomic_write(run.pid_file, f"{proc.pid}\n".encode())
     (run.directory / "paused").unlink(missing_ok=True)
+    run.stopping.unlink(missing_ok=True)
     origin = "resuming" if "--resume" in args else ("from random weights" if fresh else "from " + args[args.index("--init") + 1])
     print(f"started (pid {proc.pid}, {origin}{'' if yield_cpu else ', not yielding'}): {run.directory}", file=sys.stderr)
     if yield_cpu:
@@ -291,16 +301,21 @@ def stop(run: Run, timeout: float = 300.0) -> bool:
     pid = run.pid()
     if pid is None:
         return False
-    (run.directory / "paused").touch()  # the watcher must not stop it again
+    run.stopping.touch()  # the watcher continues the trainer and ends
     os.kill(pid, signal.SIGTERM)
-    os.kill(pid, signal.SIGCONT)  # a stopped trainer must run to save its state
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-            break
-        time.sleep(0.5)
-    else:
-        raise TimeoutError(f"the trainer (pid {pid}) did not exit within {timeout:.0f} s")
+    try:
+        while time.time() < deadline:
+            state = _process_state(pid)
+            if state in (None, "Z"):
+                break
+            if state == "T":  # paused, or stopped by the watcher just before it saw the marker
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.5)
+        else:
+            raise TimeoutError(f"the trainer (pid {pid}) did not exit within {timeout:.0f} s")
+    finally:
+        run.stopping.unlink(missing_ok=True)
     run.pid_file.unlink(missing_ok=True)
     (run.directory / "paused").unlink(missing_ok=True)
     return True

@@ -150,6 +150,48 @@ def test_watcher_stops_the_trainer_while_the_foreground_is_busy(tmp_path):
     assert not watcher.is_alive(), "the watcher outlived its trainer"
 
 
+TRAINER_STANDIN = """
+import signal, sys, time
+def save_and_exit(*_):
+    t = time.time()
+    while time.time() - t < 3:  # saving the state takes CPU time
+        pass
+    sys.exit(0)
+signal.signal(signal.SIGTERM, save_and_exit)
+while True:
+    pass
+"""
+
+
+def test_stop_ends_a_trainer_while_the_foreground_is_busy(tmp_path):
+    """The foreground gets busy while the trainer saves its state after `stop`: the watcher must
+    not stop it then (it did, and `stop` waited in vain), and must end with it."""
+    child = subprocess.Popen([sys.executable, "-c", TRAINER_STANDIN, "cca_codec.train"])
+    run = bg.Run(tmp_path)
+    run.pid_file.write_text(f"{child.pid}\n")
+    watcher = threading.Thread(target=bg.watch, args=(run, child.pid, bg.YieldPolicy(period=0.1)), daemon=True)
+    watcher.start()
+    time.sleep(0.5)
+    result: list = []
+    stopper = threading.Thread(target=lambda: result.append(bg.stop(run, timeout=8)), daemon=True)
+    foreground = None
+    try:
+        stopper.start()
+        foreground = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        stopper.join(timeout=12)
+        assert result == [True], "stop did not see the trainer exit"
+        assert child.wait(timeout=5) == 0
+        watcher.join(timeout=5)
+        assert not watcher.is_alive(), "the watcher outlived the stop"
+        assert not run.stopping.exists() and not run.pid_file.exists()
+    finally:
+        if foreground is not None:
+            foreground.kill()
+            foreground.wait()
+        child.kill()
+        child.wait()
+
+
 def test_lineage_counts_the_warm_start_weights(tmp_path):
     """A run warm-started from a model counts that model's training in its totals."""
     model_dir = tmp_path / "model"
