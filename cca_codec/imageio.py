@@ -38,9 +38,11 @@ _ICC_COLOUR_SPACE = {"rgb": b"RGB ", "gray": b"GRAY"}
 _GRAY_MODES = frozenset({"1", "L", "I", "F"})
 _RGB_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX"})
 _REDUCED_16 = "16-bit input reduced to 8 bits per channel"
-PNG_OPTIONS: dict[str, object] = {"compress_level": 6}
-"""zlib level 6, what dwebp and djxl write (both leave libpng at its default level): ~0.1 s for a
-768x512 image here; level 1 would take a third of that for 8 % larger files (docs/RESULTS.md)."""
+PNG_OPTIONS: dict[str, object] = {"compress_level": 4}
+"""zlib level 4: files within 0.3 % of level 6's (what dwebp and djxl write: both leave libpng at its
+default) in half the time. Pillow's wheels deflate with zlib-ng, whose levels 4-6 share one
+strategy; on decoded Kodak images level 6 took 125 ms and level 4 58 ms, while level 3 (a faster
+strategy) gave 6 % larger files (docs/RESULTS.md)."""
 
 _SAVE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
     ".png": ("PNG", PNG_OPTIONS),

@@ -1,4 +1,4 @@
-"""The float64 CPU convolutions of cca_codec.nn.kernels against torch's, and their dispatch."""
+"""The CPU convolutions of cca_codec.nn.kernels against torch's, and their dispatch."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,9 @@ def test_modules_dispatch_by_dtype_and_match_torch_modules():
     # float32: exactly torch's own modules
     assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
     assert torch.equal(dw(h), F.conv2d(h, dw.weight, dw.bias, padding=1, groups=4))
-    assert torch.equal(up2(h), F.conv_transpose2d(h, up2.weight, up2.bias, stride=2, padding=2, output_padding=1))
     assert torch.allclose(up1(h), F.conv_transpose2d(h, up1.weight, up1.bias, padding=1), atol=1e-6)
+    # three output channels: by phases, torch's sums in another order
+    assert torch.allclose(up2(h), F.conv_transpose2d(h, up2.weight, up2.bias, stride=2, padding=2, output_padding=1), atol=1e-5)
     # float64: the by-taps kernels, equal to torch's sums up to rounding
     for module in (conv, dw, up1, up2):
         module.double()
@@ -59,6 +60,32 @@ def test_modules_dispatch_by_dtype_and_match_torch_modules():
     assert close(dw(h), F.conv2d(h, dw.weight, dw.bias, padding=1, groups=4))
     assert close(up1(h), F.conv_transpose2d(h, up1.weight, up1.bias, padding=1))
     assert close(up2(h), F.conv_transpose2d(h, up2.weight, up2.bias, stride=2, padding=2, output_padding=1))
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, output_padding, size",
+    [(5, 2, 2, 1, (6, 9)), (3, 2, 1, 1, (5, 4)), (4, 2, 1, 0, (3, 7)), (5, 3, 1, 2, (4, 5)), (3, 2, 0, 0, (1, 1))],
+)
+def test_transposed_conv_by_phases_matches_torch(kernel, stride, padding, output_padding, size):
+    g = torch.Generator().manual_seed(kernel * 10 + stride)
+    x = torch.randn(2, 5, *size, dtype=torch.float64, generator=g)
+    w = torch.randn(5, 3, kernel, kernel, dtype=torch.float64, generator=g)
+    b = torch.randn(3, dtype=torch.float64, generator=g)
+    args = ((stride, stride), (padding, padding), (output_padding, output_padding))
+    expected = F.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=output_padding)
+    got = kernels.transposed_conv2d_by_phases(x, w, b, *args)
+    assert got.shape == expected.shape and close(got, expected)
+    assert close(kernels.transposed_conv2d_by_phases(x, w, None, *args), expected - b.view(1, -1, 1, 1))
+    # float32 channels_last, and gradients (training runs the same kernel)
+    xf = x.float().contiguous(memory_format=torch.channels_last).requires_grad_()
+    wf, bf = w.float().requires_grad_(), b.float().requires_grad_()
+    kernels.transposed_conv2d_by_phases(xf, wf, bf, *args).square().sum().backward()
+    grads = [t.grad for t in (xf, wf, bf)]
+    for t in (xf, wf, bf):
+        t.grad = None
+    F.conv_transpose2d(xf, wf, bf, stride=stride, padding=padding, output_padding=output_padding).square().sum().backward()
+    for ours, theirs in zip(grads, (xf.grad, wf.grad, bf.grad)):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3)
 
 
 def test_checkerboard_context_reads_anchors_only_in_float64():

@@ -85,11 +85,14 @@ class TransposedConv2d(_InitUnlessLoaded, nn.ConvTranspose2d):
     """ConvTranspose2d that runs a stride-1 instance as the equivalent convolution (kernel
     flipped in space, in/out channels swapped, padding k - 1 - p) through `kernels.conv2d`: the
     same sums, and in float64 on the CPU (the hyper-synthesis when coding) 2-4x faster than
-    torch's transposed kernel."""
+    torch's transposed kernel. Strided instances go through `kernels.transposed_conv2d` (by
+    phases for an RGB output layer)."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if self.stride != (1, 1) or output_size is not None or self.groups != 1 or self.dilation != (1, 1):
+        if output_size is not None or self.groups != 1 or self.dilation != (1, 1):
             return super().forward(x, output_size)
+        if self.stride != (1, 1):
+            return kernels.transposed_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
         padding = tuple(k - 1 - p for k, p in zip(self.kernel_size, self.padding))
         return kernels.conv2d(x, self.weight.transpose(0, 1).flip(2, 3), self.bias, padding)
 
@@ -165,8 +168,9 @@ class NAFBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.sg(self.dwconv(self.norm1(x)))
         h = self.conv1(h * self._attention(h))
-        y = x + h * self.beta.to(h.dtype)
-        return y + self.ffn(self.norm2(y)) * self.gamma.to(y.dtype)
+        # x + h * beta in one pass over the tensors (addcmul), as is y + ffn * gamma
+        y = torch.addcmul(x, h, self.beta.to(h.dtype))
+        return torch.addcmul(y, self.ffn(self.norm2(y)), self.gamma.to(y.dtype))
 
     def _attention(self, h: Tensor) -> Tensor:
         """Simplified channel attention (global average pool, 1x1 conv): (B, C, 1, 1), in h's dtype.
