@@ -127,8 +127,12 @@ def transposed_conv2d_by_phases(
     combined = combined.reshape(cout * sh * sw, cin, r1 - r0 + 1, c1 - c0 + 1)
     # output a of every phase reads input rows a + r0 .. a + r1: pad so that enough outputs exist
     per_phase_h, per_phase_w = -(-out_h // sh), -(-out_w // sw)
-    padded = F.pad(x, (-c0, per_phase_w - width + c1, -r0, per_phase_h - height + r1))
-    phases = F.conv2d(padded, combined, None if bias is None else bias.repeat_interleave(sh * sw))
+    left, right, top, bottom = -c0, per_phase_w - width + c1, -r0, per_phase_h - height + r1
+    bias = None if bias is None else bias.repeat_interleave(sh * sw)
+    if left == right >= 0 and top == bottom >= 0:  # the usual case: let the convolution pad (no copy)
+        phases = F.conv2d(x, combined, bias, padding=(top, left))
+    else:
+        phases = F.conv2d(F.pad(x, (left, right, top, bottom)), combined, bias)
     batch = x.shape[0]
     # (B, Cout*sh*sw, A, B') -> (B, Cout, A, sh, B', sw) -> interleaved (B, Cout, A*sh, B'*sw)
     shuffled = phases.reshape(batch, cout, sh, sw, per_phase_h, per_phase_w).permute(0, 1, 4, 2, 5, 3)
