@@ -25,7 +25,7 @@ from .entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
 from .entropy.tables import CDFTables, ScaleTable
 from .errors import FormatError, ModelError, UsageError
 from .imageio import DecodedImage, SourceImage
-from .nn.context import anchor_mask
+from .nn.context import Folds, anchor_mask
 from .nn.model import CCAModel
 from .precision import layout_transforms, resolve_precision, transform_context, transform_input
 from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, StageTimer, entropy_step
@@ -47,6 +47,7 @@ class _Coding:
     z_tables: CDFTables
     y_tables: CDFTables
     scale_table: ScaleTable
+    folds: Folds
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -62,8 +63,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | None = None, precision: str = "auto") -> _Coding:
     """Move a network of `model` (`chosen`, default: the default quality's) to `device`: transforms
-    in float32 laid out for `precision`, the entropy path in float64 (once per network, cached on
-    the model by weights hash)."""
+    in float32 laid out for `precision`, the entropy path in float64 with its stacks folded into
+    the convs that read them (`ChannelContextModel.fold`); once per network, cached on the model
+    by weights hash."""
     if chosen is None:
         chosen = model.at_quality(model.default_quality)
     precision = resolve_precision(precision, device)
@@ -83,6 +85,7 @@ def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | 
         z_tables=CDFTables.from_module(net.entropy_bottleneck),
         y_tables=CDFTables.from_module(net.gaussian_conditional),
         scale_table=ScaleTable(net.scale_bounds),
+        folds=net.context.fold(),
     )
     cache[chosen.weights_sha256] = coding
     model._coding = cache  # type: ignore[attr-defined]
@@ -123,8 +126,8 @@ def _walk_slices(
     for i in range(len(ctx.sizes)):
         step = steps_per_slice * i + 1
         with timer.stage(entropy_step(step)):
-            mean_feat, scale_feat = ctx.stack_features(i, latent_means, latent_scales, y_hats)
-            head_in = ctx.head_inputs(i, mean_feat, scale_feat)
+            mean_feat, scale_feat = ctx.stack_features(i, latent_means, latent_scales, y_hats, c.folds)
+            head_in = ctx.head_inputs(i, mean_feat, scale_feat, c.folds)
             mu, scale = ctx.parameters(i, head_in)
         if checkerboard:
             q_anchor = code(i, mu, scale, anchors)
@@ -136,7 +139,7 @@ def _walk_slices(
         else:
             y_hat = code(i, mu, scale, None) + mu
         with timer.stage(entropy_step(step + steps_per_slice - 1)):
-            y_hats.append(ctx.refine(i, mean_feat, y_hat))
+            y_hats.append(ctx.refine(i, mean_feat, y_hat, c.folds))
     return torch.cat(y_hats, dim=1)
 
 

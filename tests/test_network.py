@@ -114,3 +114,31 @@ def test_cca_loss_trains_both_modes(variant, checkerboard):
         assert net.context.spatial[2].conv.weight.grad.abs().sum() > 0
     else:
         assert net.context.spatial[2].conv.weight.grad is None
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 1), (8, 6)])
+def test_folded_stacks_compute_the_same_entropy_parameters(size):
+    """`fold` (coding) and the unfolded network (training) give the same means, scales and LRP
+    corrections to float64 rounding, the borders included (the folded bias map)."""
+    torch.manual_seed(5)
+    ctx = CCAModel(TINY).context.double().eval()
+    for name, p in ctx.named_parameters():  # non-zero residual scales and biases: every term counts
+        if name.endswith(("beta", "gamma", "bias")):
+            p.data.normal_(0, 0.3)
+    lm, ls = torch.randn(2, 1, TINY.latent_channels, *size, dtype=torch.float64)
+    y_hats = [torch.randn(1, c, *size, dtype=torch.float64) for c in ctx.sizes]
+
+    def run(folds=None) -> list[torch.Tensor]:
+        out = []
+        for i in range(len(ctx.sizes)):
+            mean_feat, scale_feat = ctx.stack_features(i, lm, ls, y_hats[:i], folds)
+            head_in = ctx.head_inputs(i, mean_feat, scale_feat, folds)
+            spatial = ctx.spatial_context(i, y_hats[i]) if ctx.spatial is not None else None
+            out += [*ctx.parameters(i, head_in), *ctx.parameters(i, head_in, spatial), ctx.refine(i, mean_feat, y_hats[i], folds)]
+        return out
+
+    with torch.no_grad():
+        plain, folded = run(), run(ctx.fold())
+        for a, b in zip(plain, folded):
+            assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-11, atol=1e-11)
+        assert any(not torch.equal(a, b) for a, b in zip(plain, folded))  # it did take the folded path

@@ -199,5 +199,9 @@ class NAFStack(nn.Module):
         self.out_conv = conv(width, out_ch, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.out_conv(self.inner(x))
+
+    def inner(self, x: Tensor) -> Tensor:
+        """The features before `out_conv`: (B, E, H, W)."""
         h = self.in_conv(x)
-        return self.out_conv(self.blocks(h) + h)
+        return self.blocks(h) + h

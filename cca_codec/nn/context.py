@@ -3,7 +3,8 @@ parameters of y slice by slice.
 
 One module serves training, encoding and decoding: `stack_features`, `head_inputs`, `parameters`
 and `refine` are the only places where means, scales and LRP corrections are computed. The codec calls them
-step by step (in float64); `forward_train` chains them with STE rounding for training.
+step by step (in float64, with the stacks' output convs folded into the convs that read them:
+`fold`); `forward_train` chains them with STE rounding for training.
 
 Shapes: y and its slices are (B, C, h, w) at 1/16 of the image size; `latent_means` and
 `latent_scales` come from the hyper-synthesis nets with M channels at the same size.
@@ -77,6 +78,49 @@ class CheckerboardContext(nn.Module):
         return kernels.conv2d(x, weight, self.conv.bias, self.conv.padding, self.TAPS)
 
 
+class FoldedConv:
+    """A stride-1 conv Q that reads a 1x1 conv P's output in its first channels, folded into one
+    conv over P's input: Q(cat[P(u), v]) = conv(cat[u, v], W) + B, where W holds Q's taps times P's
+    weights (and Q's taps for v unchanged) and B is Q's bias plus P's bias carried through the
+    taps that land inside the image (a bias map: at the borders fewer taps do). The same function
+    as the two convs, with far fewer products when P widens (64 -> 300 channels, say); float64
+    rounding differs by a few ulp.
+    """
+
+    def __init__(self, inner: nn.Conv2d, outer: nn.Conv2d) -> None:
+        with torch.no_grad():
+            p_weight = inner.weight[:, :, 0, 0]  # (C, E)
+            q_weight = outer.weight  # (O, C + extra, k, k)
+            c = p_weight.shape[0]
+            folded = torch.einsum("ocij,ce->oeij", q_weight[:, :c], p_weight)
+            self.weight = torch.cat([folded, q_weight[:, c:]], dim=1).contiguous()
+            p_bias = inner.bias if inner.bias is not None else q_weight.new_zeros(c)
+            # (O, 1, k, k): what P's bias adds through each tap
+            self.edge_kernel = torch.einsum("ocij,c->oij", q_weight[:, :c], p_bias)[:, None].contiguous()
+            self.bias = outer.bias
+        self.padding = outer.padding
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x = cat[u, v] (B, E + extra, H, W) -> (B, O, H, W)."""
+        inside = x.new_ones(1, 1, *x.shape[-2:])
+        bias_map = kernels.conv2d(inside, self.edge_kernel, self.bias, self.padding)
+        return kernels.conv2d(x, self.weight, None, self.padding) + bias_map
+
+
+class _SliceFold:
+    """Slice i's folds: each NAF stack's `out_conv` into the convs that read the stack features
+    (the first conv of the mean and the scale head, the first conv of LRP)."""
+
+    def __init__(self, ctx: ChannelContextModel, i: int) -> None:
+        self.mean_head = FoldedConv(ctx.mean_stacks[i].out_conv, ctx.mean_heads[i][0])
+        self.scale_head = FoldedConv(ctx.scale_stacks[i].out_conv, ctx.scale_heads[i][0])
+        self.lrp = FoldedConv(ctx.mean_stacks[i].out_conv, ctx.lrp[i][0]) if i < ctx.lrp_slices else None
+
+
+Folds = list[_SliceFold]
+"""What `ChannelContextModel.fold` returns: one `_SliceFold` per slice."""
+
+
 class ChannelContextModel(nn.Module):
     """Per-slice mean path, scale path and latent residual prediction (LRP).
 
@@ -119,22 +163,34 @@ class ChannelContextModel(nn.Module):
             else None
         )
 
+    def fold(self) -> Folds:
+        """Every NAF stack's output conv folded into the convs that read it (`FoldedConv`), for
+        coding: given to `stack_features`, `head_inputs` and `refine`, the stack features are the
+        stacks' E-channel inner features (`NAFStack.inner`) instead of their Cin-channel outputs,
+        read through the folds: about 40 % fewer products in the entropy path. The folds hold
+        copies: fold again after the weights, their dtype or their device change."""
+        return [_SliceFold(self, i) for i in range(len(self.sizes))]
+
     def context_slices(self, i: int) -> range:
         """Indices of the reconstructed slices that slice i is conditioned on."""
         return range(max(i - 1, 0)) if self.skip_previous else range(i)
 
     def stack_features(
-        self, i: int, latent_means: Tensor, latent_scales: Tensor, y_hats: list[Tensor]
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, y_hats: list[Tensor], folds: Folds | None = None
     ) -> tuple[Tensor, Tensor]:
-        """NAF-stack features of slice i's mean and scale paths, each (B, Cin_i, h, w)."""
+        """NAF-stack features of slice i's mean and scale paths, each (B, Cin_i, h, w); with
+        `folds`, the stacks' inner features, each (B, E, h, w)."""
         ctx = [y_hats[j] for j in self.context_slices(i)]
-        mean_feat = self.mean_stacks[i](torch.cat([latent_means, *ctx], dim=1))
-        scale_feat = self.scale_stacks[i](torch.cat([latent_scales, *ctx], dim=1))
-        return mean_feat, scale_feat
+        mean_in, scale_in = torch.cat([latent_means, *ctx], dim=1), torch.cat([latent_scales, *ctx], dim=1)
+        if folds is not None:
+            return self.mean_stacks[i].inner(mean_in), self.scale_stacks[i].inner(scale_in)
+        return self.mean_stacks[i](mean_in), self.scale_stacks[i](scale_in)
 
-    def head_inputs(self, i: int, mean_feat: Tensor, scale_feat: Tensor) -> tuple[Tensor, Tensor]:
+    def head_inputs(self, i: int, mean_feat: Tensor, scale_feat: Tensor, folds: Folds | None = None) -> tuple[Tensor, Tensor]:
         """The first conv of slice i's mean and scale heads on the stack features, each
         (B, W0, h, w): shared by the anchor and the non-anchor step of a checkerboard slice."""
+        if folds is not None:
+            return folds[i].mean_head(mean_feat), folds[i].scale_head(scale_feat)
         return self.mean_heads[i][0](mean_feat), self.scale_heads[i][0](scale_feat)
 
     def parameters(self, i: int, head_inputs: tuple[Tensor, Tensor], spatial: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -155,11 +211,16 @@ class ChannelContextModel(nn.Module):
             raise RuntimeError("this network has no checkerboard spatial context")
         return self.spatial[i](y_hat_anchors)
 
-    def refine(self, i: int, mean_feat: Tensor, y_hat_slice: Tensor) -> Tensor:
+    def refine(self, i: int, mean_feat: Tensor, y_hat_slice: Tensor, folds: Folds | None = None) -> Tensor:
         """LRP: y_hat_i + 0.5 * tanh(lrp(concat[mean features, y_hat_i])) (identity past lrp_slices)."""
         if i >= self.lrp_slices:
             return y_hat_slice
-        return y_hat_slice + 0.5 * torch.tanh(self.lrp[i](torch.cat([mean_feat, y_hat_slice], dim=1)))
+        lrp_in = torch.cat([mean_feat, y_hat_slice], dim=1)
+        if folds is not None:
+            correction = self.lrp[i][1:](folds[i].lrp(lrp_in))
+        else:
+            correction = self.lrp[i](lrp_in)
+        return y_hat_slice + 0.5 * torch.tanh(correction)
 
     def forward_train(
         self,
