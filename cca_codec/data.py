@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .imageio import IMAGE_SUFFIXES
+
 PACK_CROP = 288
 PACK_JPEG_QUALITY = 88
 PACK_MAX_CROPS = 5
 PACK_FORMAT = "ccacodec-pack-1"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def _is_validation(name: str, fraction: float) -> bool:

@@ -49,11 +49,9 @@ from .codec import decode_image, default_context, encode_image
 from .container import container_overhead, read_container
 from .errors import CodecError, UsageError
 from .fileio import atomic_write
-from .imageio import DecodedImage, SourceImage, load_image
+from .imageio import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
 from .metrics import bits_per_pixel, psnr
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
-"""File name suffixes (lower case) taken as images in an evaluation folder."""
 
 MS_SSIM_MIN_SIDE = 161
 """Smallest image side (pixels) for which MS-SSIM (5 scales, 11-tap window) is defined."""

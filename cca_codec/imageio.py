@@ -38,6 +38,9 @@ _ICC_COLOUR_SPACE = {"rgb": b"RGB ", "gray": b"GRAY"}
 _GRAY_MODES = frozenset({"1", "L", "I", "F"})
 _RGB_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX"})
 _REDUCED_16 = "16-bit input reduced to 8 bits per channel"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".gif"})
+"""File name suffixes (lower case) that the tools take as images when they scan a folder (evaluation,
+`encode-dataset`, the training pack); `load_image` reads them all."""
 PNG_OPTIONS: dict[str, object] = {"compress_level": 4}
 """zlib level 4: files within 0.3 % of level 6's (what dwebp and djxl write: both leave libpng at its
 default) in half the time. Pillow's wheels deflate with zlib-ng, whose levels 4-6 share one

@@ -28,7 +28,8 @@ from cca_codec.dataset import RayOptions, decode_dataset, encode_dataset
 from cca_codec.dataset import engine
 from cca_codec.errors import UsageError
 from cca_codec.dataset.manifest import FIELDS, MANIFEST_NAME, read_manifest, write_manifest
-from cca_codec.dataset.plan import IMAGE_EXTENSIONS, Source, make_plan
+from cca_codec.dataset.plan import Source, make_plan
+from cca_codec.imageio import IMAGE_SUFFIXES
 from cca_codec.imageio import encode_png, load_image
 from conftest import lively_model, write_image
 
@@ -117,7 +118,7 @@ def _sources(src: Path) -> set[str]:
     """The relative paths encode-dataset should see under ``src``."""
     return {
         p.relative_to(src).as_posix() for p in src.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     }
 
 
@@ -290,11 +291,11 @@ def test_plan_decides_what_is_done(tmp_path: Path) -> None:
         "a/two.png": {"path": "a/two.png", **done, "output": "a/two.cca", "quality": 4.0},  # other settings
         "a/three.png": {"path": "a/three.png", **done, "output": "a/three.cca", "source_bytes": 2},  # changed source
     }
-    plan = make_plan(src, dst, IMAGE_EXTENSIONS, ".cca", settings, previous, "SRC")
+    plan = make_plan(src, dst, IMAGE_SUFFIXES, ".cca", settings, previous, "SRC")
     assert [r["path"] for r in plan.done] == ["a/one.png"]
     assert sorted(s.path for s in plan.todo) == ["a/three.png", "a/two.png"]
     (dst / "a" / "one.cca").unlink()
-    plan = make_plan(src, dst, IMAGE_EXTENSIONS, ".cca", settings, previous, "SRC")
+    plan = make_plan(src, dst, IMAGE_SUFFIXES, ".cca", settings, previous, "SRC")
     assert not plan.done, "a missing output is redone"
 
 

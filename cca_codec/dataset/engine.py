@@ -40,10 +40,11 @@ from ..checkpoint import load_model
 from ..codec import check_context, default_context
 from ..container import DEFAULT_MAX_PIXELS
 from ..errors import CodecError, InputError, UsageError, one_line
+from ..imageio import IMAGE_SUFFIXES
 from ..nn.model import CCAModel
 from ..tiling import choose_layout
 from .manifest import FAILED, MANIFEST_NAME, ManifestJournal, Record, new_record, read_manifest, write_manifest
-from .plan import CCA_EXTENSIONS, IMAGE_EXTENSIONS, Plan, Source, make_plan, output_path
+from .plan import CCA_EXTENSIONS, Plan, Source, make_plan, output_path
 from .work import WEIGHTS_DIGITS, DecodeSettings, DecodeWorker, EncodeSettings, EncodeWorker, Roots
 
 RAY_INSTALL_HINT = "pip install 'ccacodec[ray]'"
@@ -177,7 +178,7 @@ def encode_dataset(
     _check_tile(tile)
     settings = EncodeSettings(_model_spec(model), q, mode, tile, max_pixels, options.device, options.threads)
     fields = {"quality": q, "context": mode, "model": loaded.model_id, "weights": chosen.weights_sha256.hex()[:WEIGHTS_DIGITS]}
-    job = _Job(os.fspath(src), os.fspath(dst), IMAGE_EXTENSIONS, EncodeWorker.suffix, fields, EncodeWorker, settings)
+    job = _Job(os.fspath(src), os.fspath(dst), IMAGE_SUFFIXES, EncodeWorker.suffix, fields, EncodeWorker, settings)
     return _run(ray, job, options, progress, start)
 
 

@@ -19,8 +19,6 @@ from typing import Any
 from ..errors import InputError
 from .manifest import FAILED, OK, Record, new_record
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".gif"})
-"""Extensions of the files ``encode-dataset`` codes."""
 
 CCA_EXTENSIONS = frozenset({".cca"})
 """Extensions of the files ``decode-dataset`` decodes."""
