@@ -279,12 +279,13 @@ def start(
 
 
 def write_lineage(run: Run, init_dir: Path) -> None:
-    """Record what the warm-start weights already had behind them (`lineage.json`: steps and
-    machine CPU minutes from their model.json), so stint totals count the model's whole training."""
+    """Record what the warm-start weights already had behind them (`lineage.json`: steps, machine
+    CPU minutes and GPU minutes from their model.json), so stint totals count the model's whole training."""
     info = json.loads((init_dir / "model.json").read_text()).get("info", {})
     lineage = {
         "from": str(init_dir), "steps": int(info.get("total_steps", info.get("steps", 0))),
         "cpu_minutes": float(info.get("total_cpu_minutes", info.get("minutes", 0.0))),
+        "gpu_minutes": float(info.get("gpu_minutes", 0.0)),
     }
     atomic_write(run.directory / "lineage.json", (json.dumps(lineage, indent=2) + "\n").encode())
 
@@ -293,7 +294,7 @@ def read_lineage(run: Run) -> dict:
     try:
         return json.loads((run.directory / "lineage.json").read_text())
     except (OSError, ValueError):
-        return {"steps": 0, "cpu_minutes": 0.0}
+        return {"steps": 0, "cpu_minutes": 0.0, "gpu_minutes": 0.0}
 
 
 def stop(run: Run, timeout: float = 300.0) -> bool:
@@ -527,7 +528,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
         lineage = read_lineage(run)
         summary["total_steps"] += lineage["steps"]
         summary["total_cpu_minutes"] = round(summary["total_cpu_minutes"] + lineage["cpu_minutes"], 1)
-        _record_totals(export, summary)
+        _describe_export(export, summary, float(lineage.get("gpu_minutes", 0.0)), _kodak_points(curve), bd)
     improved = bd.get("shipped") is not None and bd["shipped"] < 0
     committed = "no"
     if install and improved and limit is None:
@@ -547,18 +548,25 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     return row
 
 
-def _record_totals(export: Path, summary: dict) -> None:
-    """Add the model's whole training (this run plus its lineage) to the exported model.json's
-    info and to its model card (whose own line counts only this run)."""
+def _describe_export(export: Path, summary: dict, gpu_minutes: float, kodak: str, bd: dict[str, float | None]) -> None:
+    """Complete the exported model.json's info and model card (whose own lines count only this
+    run) with the model's whole training (this run plus its lineage) and its Kodak check."""
     meta = json.loads((export / "model.json").read_text())
-    meta["info"].update(total_steps=summary["total_steps"], total_cpu_minutes=summary["total_cpu_minutes"])
-    atomic_write(export / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
-    card = (export / "MODEL_CARD.md").read_text()
-    whole = (
-        f"Whole training, this run and the weights it started from: {summary['total_steps']:,} steps, "
-        f"{summary['total_cpu_minutes']} CPU minutes (2-core machine minutes, see TRAINING.md).\n"
+    meta["info"].update(
+        total_steps=summary["total_steps"], total_cpu_minutes=summary["total_cpu_minutes"], gpu_minutes=gpu_minutes
     )
-    atomic_write(export / "MODEL_CARD.md", (card.rstrip("\n") + "\n\n" + whole).encode())
+    atomic_write(export / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
+    against = {"shipped": "the weights shipped before", "jpeg": "the JPEG anchor", "vtm": "VTM", "bpg": "BPG"}
+    rates = ", ".join(f"{bd[k]:+.1f} % against {name}" for k, name in against.items() if bd.get(k) is not None)
+    card = (export / "MODEL_CARD.md").read_text()
+    lines = (
+        f"Whole training, this run and the weights it started from: {summary['total_steps']:,} steps, "
+        f"{summary['total_cpu_minutes']} CPU minutes (2-core machine minutes, see TRAINING.md), "
+        f"{gpu_minutes:g} GPU minutes.\n\n"
+        f"Kodak check (checkerboard; bpp @ PSNR-RGB dB at qualities 1, 4 and 8): {kodak}."
+        + (f" BD-rate: {rates}." if rates else "") + "\n"
+    )
+    atomic_write(export / "MODEL_CARD.md", (card.rstrip("\n") + "\n\n" + lines).encode())
 
 
 def _stint_marks(run: Run) -> list[int]:

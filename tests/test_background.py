@@ -95,7 +95,10 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert set(row["bd"]) >= anchors and row["committed"] == "no"  # the anchors of ../shared, where present
     model = load_model(row["export"])
     assert model.info["steps"] == row["total_steps"]
-    assert f"Whole training, this run and the weights it started from: {row['total_steps']:,} steps" in (Path(row["export"]) / "MODEL_CARD.md").read_text()
+    card = (Path(row["export"]) / "MODEL_CARD.md").read_text()
+    assert f"Whole training, this run and the weights it started from: {row['total_steps']:,} steps" in card
+    assert f"qualities 1, 4 and 8): {row['kodak']}." in card and "GPU minutes" in card
+    assert model.info["gpu_minutes"] == 0
     table = (models / "cca-compact" / "TRAINING.md").read_text()
     assert bg.STINTS_HEADING in table and "| b2x64 bf16 cl constant 1e-4 ema0.998 |" in table
 
@@ -199,7 +202,7 @@ def test_lineage_counts_the_warm_start_weights(tmp_path):
     (model_dir / "model.json").write_text(json.dumps({"info": {"steps": 4771, "minutes": 163.9}}))
     run = bg.Run(tmp_path / "run")
     run.directory.mkdir()
-    assert bg.read_lineage(run) == {"steps": 0, "cpu_minutes": 0.0}
+    assert bg.read_lineage(run) == {"steps": 0, "cpu_minutes": 0.0, "gpu_minutes": 0.0}
     bg.write_lineage(run, model_dir)
     assert bg.read_lineage(run)["steps"] == 4771 and bg.read_lineage(run)["cpu_minutes"] == 163.9
     (model_dir / "model.json").write_text(json.dumps({"info": {"steps": 782, "total_steps": 5551, "total_cpu_minutes": 193.9}}))
