@@ -7,7 +7,7 @@ from cca_codec import bench, classical
 from cca_codec.checkpoint import in_memory_model
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.errors import UsageError
-from cca_codec.imageio import load_image
+from cca_codec.imageio import IMAGE_SUFFIXES, load_image
 from cca_codec.timing import NO_TIMER, StageTimer, entropy_step
 
 ENCODE_CODEC_STAGES = ["g_a", "hyperprior"]
@@ -133,4 +133,5 @@ def test_bench_refuses_a_folder_without_images(models_env, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main([str(tmp_path), "--model", "test-tiny", "--device", "cpu", "--threads", "1"])
     assert exit_info.value.code == UsageError.exit_code
-    assert f"no images (.bmp .jpeg .jpg .pgm .png .ppm .tif .tiff .webp) in {tmp_path}" in capsys.readouterr().err
+    assert f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {tmp_path}" in capsys.readouterr().err
+    assert ".png" in IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
