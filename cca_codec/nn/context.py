@@ -99,12 +99,20 @@ class FoldedConv:
             self.edge_kernel = torch.einsum("ocij,c->oij", q_weight[:, :c], p_bias)[:, None].contiguous()
             self.bias = outer.bias
         self.padding = outer.padding
+        self._bias_maps: dict[tuple[int, int], Tensor] = {}
+
+    def bias_map(self, height: int, width: int) -> Tensor:
+        """B for an (height, width) input: (1, O, height, width), computed once per size (every
+        step of a tile has the same size; 0.36 ms each at 32x48)."""
+        cached = self._bias_maps.get((height, width))
+        if cached is None:
+            inside = self.weight.new_ones(1, 1, height, width)
+            cached = self._bias_maps[height, width] = kernels.conv2d(inside, self.edge_kernel, self.bias, self.padding)
+        return cached
 
     def __call__(self, x: Tensor) -> Tensor:
         """x = cat[u, v] (B, E + extra, H, W) -> (B, O, H, W)."""
-        inside = x.new_ones(1, 1, *x.shape[-2:])
-        bias_map = kernels.conv2d(inside, self.edge_kernel, self.bias, self.padding)
-        return kernels.conv2d(x, self.weight, None, self.padding) + bias_map
+        return kernels.conv2d(x, self.weight, None, self.padding) + self.bias_map(*x.shape[-2:])
 
 
 class _SliceFold:

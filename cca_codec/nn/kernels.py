@@ -13,8 +13,9 @@ The functions here compute the same sums without that matrix:
 * `depthwise_conv2d_by_taps`: one per-channel multiply-add per tap over shifted views.
 
 They agree with `F.conv2d` to a few float64 ulp (the taps are summed in a different order).
-* `transposed_conv2d_by_phases`: a strided transposed conv as one conv of the input per output
-  phase, stacked, then interleaved: faster than torch's kernel for few output channels.
+
+`transposed_conv2d_by_phases` runs a strided transposed conv as one conv of the input per output
+phase, stacked, then interleaved: faster than torch's kernel for few output channels (any dtype).
 
 `conv2d`, `depthwise_conv2d` and `transposed_conv2d` dispatch between these and torch.
 """
