@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -460,9 +461,10 @@ def append_stint_row(training_md: Path, row: dict) -> None:
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:+.1f}"
 
+    recipe = f"{row['recipe']} on {row['machine']}" if row.get("machine") else row["recipe"]
     line = (
         f"| {row['date']} | {row['steps']:,} ({row['total_steps']:,}) | {row['cpu_minutes']} ({row['total_cpu_minutes']}) | "
-        f"{row['wall_minutes']} | {row['recipe']} | {row['loss']} / {row['bpp']} / {row['psnr']} | {row['kodak']} | "
+        f"{row['wall_minutes']} | {recipe} | {row['loss']} / {row['bpp']} / {row['psnr']} | {row['kodak']} | "
         f"{fmt(row['bd'].get('jpeg'))} | {fmt(row['bd'].get('vtm'))} | {fmt(row['bd'].get('bpg'))} | "
         f"{fmt(row['bd'].get('shipped'))} | {row['committed']} |\n"
     )
@@ -488,6 +490,31 @@ def _recipe_text(args: list[str]) -> str:
     if "--variant" in a:
         parts.append(a["--variant"])
     return " ".join(parts)
+
+
+BF16_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx_vnni", "AVX-VNNI"))
+"""/proc/cpuinfo flags that make bf16 training fast, best first, with the names TRAINING.md gives them."""
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU a stint trained on, for its TRAINING.md row: model name and its best bf16
+    instructions ("AMD EPYC, AVX512-BF16"). A CPU minute buys different numbers of steps on
+    different CPUs, so the learning curve needs it. `cpuinfo`: /proc/cpuinfo's text (read when None)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    name, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+            name = " ".join(value.split())
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    best = next((label for flag, label in BF16_FLAGS if flag in flags), None)
+    return f"{name}, {best}" if best else name
 
 
 def _kodak_points(curve: Path) -> str:
@@ -538,7 +565,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
         committed = "yes"
     recipe = json.loads(run.recipe.read_text())["args"] if run.recipe.exists() else RECIPE
     row = {
-        "date": datetime.now(timezone.utc).date().isoformat(), **summary, "recipe": _recipe_text(recipe),
+        "date": datetime.now(timezone.utc).date().isoformat(), **summary, "recipe": _recipe_text(recipe), "machine": cpu_description(),
         "kodak": _kodak_points(curve), "bd": bd, "committed": committed, "export": str(export), "curve": str(curve),
     }
     if summary.get("steps"):

@@ -100,7 +100,7 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert f"qualities 1, 4 and 8): {row['kodak']}." in card and "GPU minutes" in card
     assert model.info["gpu_minutes"] == 0
     table = (models / "cca-compact" / "TRAINING.md").read_text()
-    assert bg.STINTS_HEADING in table and "| b2x64 bf16 cl constant 1e-4 ema0.998 |" in table
+    assert bg.STINTS_HEADING in table and f"| b2x64 bf16 cl constant 1e-4 ema0.998 on {bg.cpu_description()} |" in table
 
 
 def test_append_stint_row_keeps_one_table(tmp_path):
@@ -114,7 +114,18 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     text = md.read_text()
     assert text.count(bg.STINTS_HEADING) == 1
     rows = [line for line in text.splitlines() if line.startswith("| 2026-12-01")]
+    bg.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
+    assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
     assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
+
+
+def test_cpu_description_names_the_bf16_instructions():
+    intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Platinum 8480+\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n"
+    assert bg.cpu_description(intel) == "Intel(R) Xeon(R) Platinum 8480+, AMX-BF16"
+    assert bg.cpu_description(amd) == "AMD EPYC, AVX512-BF16"
+    assert bg.cpu_description("model name\t: Old CPU\nflags\t: fpu sse2\n") == "Old CPU"
+    assert bg.cpu_description("")  # some name even without /proc/cpuinfo
 
 
 def test_yield_decisions():
