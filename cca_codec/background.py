@@ -14,7 +14,10 @@ few minutes and on SIGTERM/SIGINT), `log.jsonl`, `train.log`, `pid`, `recipe.jso
 built once into `$CCACODEC_TRAIN_DIR/pack` from the training photographs.
 
 The trainer runs under SCHED_IDLE (where the kernel allows it) and nice 19, with OpenMP threads that
-sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE). That alone is not enough on two cores: a foreground
+sleep after a short spin (`runtime.SPIN_COUNT` iterations, as the command-line tools): sleeping at once
+(OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=0, the recipe up to stop 18) made a 4 x 256x256 bf16 step 1.25-1.35 s
+against 0.78-0.86 s, because each of the step's thousands of small parallel ops then pays a thread wake-up.
+Priority alone is not enough on two cores: a foreground
 torch process whose 2-thread parallel regions wait at barriers for the core the trainer holds ran 9x
 slower (tests/test_codec.py: 62 s against 7 s). So a small watcher process beside the trainer stops it
 (SIGSTOP) within a quarter of a second whenever anything else uses more than a fifth of a core, and lets it
@@ -39,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .fileio import atomic_write
+from .runtime import SPIN_COUNT
 
 DEFAULT_RUN = "cca-compact"
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +131,7 @@ def _lower_priority() -> None:
 
 def trainer_environment(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="0", OMP_NUM_THREADS=str(threads))
+    env.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT=SPIN_COUNT, OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -202,7 +206,8 @@ def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
     """Stop the trainer while other work uses the CPU, continue it when the machine is quiet;
     return when the trainer has exited, or at once (after continuing it) once `stop` has marked
     the run `stopping`: a trainer that is saving its state must not be stopped again. A `paused`
-    file in the run directory (user's `pause`) keeps it stopped."""
+    file in the run directory (user's `pause`) keeps it stopped; after the user's `resume` it is
+    stopped again at once if the foreground is busy."""
     hz = os.sysconf("SC_CLK_TCK")
     me = os.getpid()
     decider = YieldDecider(policy)
@@ -217,6 +222,8 @@ def watch(run: Run, pid: int, policy: YieldPolicy = YieldPolicy()) -> None:
         if run.stopping.exists():
             os.kill(pid, signal.SIGCONT)
             return
+        # the trainer's real state: a user's `resume` continues it behind the decider's back
+        decider.stopped = _process_state(pid) == "T"
         action = decider.step(other, time.monotonic(), (run.directory / "paused").exists())
         if action:
             os.kill(pid, signal.SIGSTOP if action == "stop" else signal.SIGCONT)

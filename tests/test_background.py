@@ -2,6 +2,7 @@
 Kodak-style check and a TRAINING.md row, and the watcher that yields the CPU to foreground work."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -128,6 +129,13 @@ def test_cpu_description_names_the_bf16_instructions():
     assert bg.cpu_description("")  # some name even without /proc/cpuinfo
 
 
+def test_trainer_threads_spin_briefly_before_sleeping():
+    from cca_codec.runtime import SPIN_COUNT
+
+    env = bg.trainer_environment(2)
+    assert env["OMP_NUM_THREADS"] == "2" and env["GOMP_SPINCOUNT"] == SPIN_COUNT != "0"
+
+
 def test_yield_decisions():
     d = bg.YieldDecider(bg.YieldPolicy(busy=0.2, quiet=0.1, quiet_seconds=3.0))
     assert d.step(0.05, 0.0) is None  # quiet and running: nothing to do
@@ -154,9 +162,12 @@ def test_watcher_stops_the_trainer_while_the_foreground_is_busy(tmp_path):
         while foreground.poll() is None and not stopped:
             time.sleep(0.05)
             stopped = bg._process_state(child.pid) == "T"
+        assert stopped, "the watcher did not stop the trainer while the foreground was busy"
+        os.kill(child.pid, signal.SIGCONT)  # what `resume` after a `pause` does
+        time.sleep(0.5)  # the foreground is still busy: stopped again
+        assert bg._process_state(child.pid) == "T", "a continued trainer kept running beside the busy foreground"
         foreground.kill()
         foreground.wait()
-        assert stopped, "the watcher did not stop the trainer while the foreground was busy"
     finally:
         child.kill()
         child.wait()
