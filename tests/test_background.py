@@ -115,9 +115,9 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     text = md.read_text()
     assert text.count(bg.STINTS_HEADING) == 1
     rows = [line for line in text.splitlines() if line.startswith("| 2026-12-01")]
+    assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
     bg.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
     assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
-    assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
 
 
 def test_cpu_description_names_the_bf16_instructions():
