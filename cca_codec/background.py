@@ -131,6 +131,8 @@ def _lower_priority() -> None:
 
 def trainer_environment(threads: int) -> dict[str, str]:
     env = dict(os.environ)
+    # libgomp (torch's) takes GOMP_SPINCOUNT over the policy: a short spin, then sleep; PASSIVE is
+    # for OpenMP runtimes that ignore it
     env.update(OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT=SPIN_COUNT, OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
