@@ -143,13 +143,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the command line and exit with its code.
 
     Before torch loads, OpenMP threads get a short spin before they sleep and the C heap keeps
-    freed blocks for reuse (cca_codec.runtime: measured there). On the way out the heap
-    is frozen (gc.freeze), so that the interpreter's shutdown does not search the objects torch
-    made for cycles (tenths of a second idle, seconds on a loaded machine: docs/RESULTS.md).
+    freed blocks for reuse (cca_codec.runtime: measured there). Once a command that loaded
+    torch is done, the process ends without the interpreter's teardown (runtime.leave_process:
+    streams flushed, atexit handlers run), which would spend tenths of a second freeing torch's
+    objects; otherwise the heap is frozen (gc.freeze) so that the shutdown does not search
+    them for cycles (seconds on a loaded machine: docs/RESULTS.md). Without torch (``--help``,
+    ``--version``, usage errors) the SystemExit propagates, for callers in the same process.
     """
     runtime.tune_process()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name=PROG)
+    except SystemExit as done:
+        code = 0 if done.code is None else done.code
+        if isinstance(code, int) and "torch" in sys.modules and runtime.only_thread():
+            runtime.leave_process(code)
+        raise
     finally:
         gc.freeze()
 

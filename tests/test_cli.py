@@ -244,6 +244,22 @@ def test_threads_option_sets_torch_threads(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_leave_process_flushes_streams_and_runs_atexit_handlers():
+    code = (
+        "import atexit, sys\n"
+        "from cca_codec import runtime\n"
+        "atexit.register(lambda: sys.stderr.write('atexit ran'))\n"
+        "sys.stdout.write('no newline, still buffered')\n"
+        "runtime.leave_process(7)\n"
+    )
+    env = subprocess_env()
+    env.pop("PYTHONUNBUFFERED", None)  # stdout is a pipe: block-buffered, so only a flush writes it
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 7
+    assert done.stdout == b"no newline, still buffered"
+    assert done.stderr.endswith(b"atexit ran")
+
+
 def test_help_and_version_do_not_need_torch():
     code = (
         "import sys\n"
