@@ -405,14 +405,17 @@ def _print_status(info: dict) -> None:
         )
 
 
-def stint_summary(recs: list[dict], since_step: int, threads: int) -> dict:
-    """Steps, CPU/wall minutes and mean training terms of the records after `since_step`."""
+def stint_summary(recs: list[dict], since_step: int, threads: int, end: dict | None = None) -> dict:
+    """Steps, CPU/wall minutes and mean training terms of the records after `since_step`.
+
+    `end`: the run's saved state ("step", "minutes", "cpu_seconds"), where the stint really
+    ended; the steps after the last log record count too. Without it the last record is the end."""
     new = [r for r in recs if r["step"] > since_step]
     if not new:
         return {"steps": 0}
     before = [r for r in recs if r["step"] <= since_step]
     base = before[-1] if before else {"step": since_step, "minutes": 0.0, "cpu_seconds": 0.0}
-    last = new[-1]
+    last = end if end is not None and end["step"] >= new[-1]["step"] else new[-1]
 
     def mean(key: str) -> float:
         return sum(r[key] for r in new) / len(new)
@@ -559,7 +562,8 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     bd = bd_rates(curve, {k: v for k, v in references.items() if v.exists()})
     marks = _stint_marks(run)
     since = marks[-1] if marks else 0
-    summary = stint_summary(run.records(), since, threads)
+    end = {"step": step, "minutes": state["minutes"], "cpu_seconds": state.get("cpu_seconds", 0.0)}
+    summary = stint_summary(run.records(), since, threads, end)
     if summary.get("steps"):
         lineage = read_lineage(run)
         summary["total_steps"] += lineage["steps"]

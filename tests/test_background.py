@@ -104,6 +104,16 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert bg.STINTS_HEADING in table and f"| b2x64 bf16 cl constant 1e-4 ema0.998 on {bg.cpu_description()} |" in table
 
 
+def test_stint_summary_ends_at_the_saved_state():
+    recs = [{"step": n, "minutes": n / 10, "cpu_seconds": 12.0 * n, "loss": 1.0, "bpp": 0.5, "mse_psnr": 30.0,
+             "aux_bits_per_element": 2.0} for n in (10, 20, 30, 40)]
+    end = {"step": 47, "minutes": 4.7, "cpu_seconds": 564.0}  # stopped 7 steps after the last log record
+    summary = bg.stint_summary(recs, 20, 2, end)
+    assert (summary["steps"], summary["total_steps"]) == (27, 47)
+    assert summary["cpu_minutes"] == round((564.0 - 240.0) / 60 / 2, 1) and summary["wall_minutes"] == 2.7
+    assert bg.stint_summary(recs, 20, 2)["total_steps"] == 40  # without the state: the last record
+
+
 def test_append_stint_row_keeps_one_table(tmp_path):
     md = tmp_path / "TRAINING.md"
     md.write_text("# m: training log\n\nintro\n\n## Later section\n\ntext\n")
