@@ -1,6 +1,6 @@
-"""Process settings for the command-line tools: how OpenMP threads wait, and how the C heap
-recycles memory. The first takes effect only before torch is imported (OpenMP reads it when it
-loads); neither changes any result.
+"""Process settings for the command-line tools: how OpenMP threads wait, how the C heap
+recycles memory, and how a finished process exits. The first takes effect only before torch is
+imported (OpenMP reads it when it loads); none changes any result.
 
 Measured on the 2-core machine (kodim23, 2 threads, docs/RESULTS.md, *Speed*):
 
