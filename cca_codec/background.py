@@ -492,11 +492,18 @@ def append_stint_row(training_md: Path, row: dict) -> None:
 
 
 def _recipe_text(args: list[str]) -> str:
-    """The recipe flags that matter, compactly: 'b4x256 bf16 cl constant 1e-4 ema0.998'."""
+    """The recipe flags that matter, compactly: 'b4x256 bf16 cl constant 1e-4 ema0.998', or for a
+    decay 'cosine 1e-4>1e-5/45min' (over the call's minutes with --decay-by-time). A flag given
+    twice counts as the trainer reads it: the last one."""
     a = dict(zip(args, args[1:] + [""]))
     parts = [f"b{a.get('--batch', '8')}x{a.get('--crop', '256')}"]
     parts += [f for f, name in (("bf16", "--bf16"), ("cl", "--channels-last")) if name in args]
-    parts += [a.get("--schedule", "cosine"), a.get("--lr", "1e-4")]
+    schedule, lr = a.get("--schedule", "cosine"), a.get("--lr", "1e-4")
+    if schedule == "cosine":
+        lr += f">{a.get('--lr-final', '1e-5')}"
+        if "--decay-by-time" in args and "--max-minutes" in a:
+            lr += f"/{a['--max-minutes']}min"
+    parts += [schedule, lr]
     if "--ema" in a:
         parts.append(f"ema{a['--ema']}")
     if "--variant" in a:

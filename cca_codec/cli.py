@@ -797,17 +797,21 @@ def import_official_cmd(checkpoints: tuple[str, ...], lambdas: tuple[float, ...]
     _say(f"installed model {directory.name} in {directory}")
 
 
-def _passthrough_command(name: str, module: str, summary: str) -> None:
-    """Register `ccacodec NAME ...` as a command that hands its arguments, --help included, to
-    the argparse `main(argv, prog)` of ``cca_codec.<module>`` (imported only when called)."""
+class _VerbatimCommand(click.Command):
+    """A command whose arguments reach its callback (as `args`) exactly as typed: click's own
+    parser would drop a `--`, which the argparse side needs (`train-bg start -- FLAGS`)."""
 
-    @cli.command(
-        name,
-        help=summary,
-        context_settings={"ignore_unknown_options": True, "help_option_names": []},
-        add_help_option=False,
-    )
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.params["args"] = tuple(args)
+        return []
+
+
+def _passthrough_command(name: str, module: str, summary: str) -> None:
+    """Register `ccacodec NAME ...` as a command that hands its arguments verbatim, --help and
+    `--` included, to the argparse `main(argv, prog)` of ``cca_codec.<module>`` (imported only
+    when called)."""
+
+    @cli.command(name, cls=_VerbatimCommand, help=summary, add_help_option=False)
     def command(args: tuple[str, ...]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

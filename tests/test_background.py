@@ -114,6 +114,13 @@ def test_stint_summary_ends_at_the_saved_state():
     assert bg.stint_summary(recs, 20, 2)["total_steps"] == 40  # without the state: the last record
 
 
+def test_recipe_text_reads_flags_as_the_trainer_does():
+    assert bg._recipe_text(bg.RECIPE) == "b4x256 bf16 cl constant 1e-4 ema0.998"
+    decay = bg.RECIPE + ["--schedule", "cosine", "--lr", "8e-5", "--decay-by-time", "--max-minutes", "45"]
+    assert bg._recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998"
+    assert bg._recipe_text(["--batch", "8", "--lr-final", "3e-6", "--variant", "stop_gradient"]) == "b8x256 cosine 1e-4>3e-6 stop_gradient"
+
+
 def test_append_stint_row_keeps_one_table(tmp_path):
     md = tmp_path / "TRAINING.md"
     md.write_text("# m: training log\n\nintro\n\n## Later section\n\ntext\n")

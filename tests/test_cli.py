@@ -279,6 +279,17 @@ def test_help_and_version_do_not_need_torch():
     assert lines[1].startswith("torch ") and lines[2].startswith("constriction ")
 
 
+def test_passthrough_commands_get_their_arguments_verbatim(monkeypatch):
+    """`ccacodec train-bg start -- FLAGS` reaches the argparse side with its `--` (click's parser drops it)."""
+    from cca_codec import background
+
+    seen: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(background, "main", lambda argv, prog: seen.append((argv, prog)))
+    assert run("train-bg", "start", "--", "--lr", "3e-5", "--help").exit_code == 0
+    assert run("train-bg", "--help").exit_code == 0
+    assert seen == [(["start", "--", "--lr", "3e-5", "--help"], "ccacodec train-bg"), (["--help"], "ccacodec train-bg")]
+
+
 # ----------------------------------------------------------------------------- errors
 
 
