@@ -1,205 +1,229 @@
-"""The training-efficiency protocol: rate-distortion after equal CPU minutes, through the real codec.
+"""The equal-minutes protocol: which training recipe improves the shipped model fastest.
 
-    python benchmarks/train_protocol.py --data ~/.cache/ccacodec/train/pack --minutes 25 \
-        --candidates baseline-q4,compressai-msh --json results/protocol.json
+    python benchmarks/train_protocol.py --candidates baseline,lr3e-4 --cpu-minutes 30 --jobs 2 \\
+        --out ~/.cache/ccacodec/protocol/r1 [--init models/cca-compact] [--data PACK] [--lossless-data PACK]
 
-Every candidate trains from random weights for --minutes of wall time on this machine (2 threads, keep it
-otherwise idle: pause the background run with `ccacodec train-bg pause`), Adam at --lr with a 50-step
-warm-up and a cosine decay to 1e-5 over the minutes, batch and crop as the candidate says, at one operating
-point (quality 4: lambda 0.0179). Then it is evaluated on --images (default kodim01, 05, 09, 13, 17, 21) by
-real compression: ccacodec candidates through `encode_image`/`decode_image` at quality 4, checkerboard
-context (bpp from the `.cca` bytes); the CompressAI baseline through its own `compress`/`decompress` (bpp
-from its strings). For ccacodec candidates it also reports the share of y's bits in each slice (the CCA
-paper's Figure 2 question: does the CCA term move information into the early slices?).
+Every candidate is the background run's recipe (`cca_codec.background.RECIPE`) with one thing
+changed (`--list` prints them), warm-started from the same weights (`--init`, default: the default
+model) with a fresh optimiser and moving average, and trained by `python -m cca_codec.train` for
+the same budget of process CPU time (`--cpu-minutes`, core-minutes: one thread busy for a minute
+is one), so candidates that run side by side (`--jobs 2`, each on `--threads` threads) or beside
+other work get equal work. A candidate that is slower per step makes fewer steps: that is the
+point. Each exports its moving-average weights, which are then measured the same way:
 
-Candidates (`--candidates`, comma-separated; `--list` prints them): `baseline-q4` is issue 13's first row
-(cca-compact, official CCA loss, fp32, 8 x 128x128, lr 3e-4), `compressai-msh` its second
-(`MeanScaleHyperprior(N=128, M=192)`, plain R + lambda*255^2*MSE); the others change one thing at a time.
+* Kodak (`--images`, default all 24) through the real codec at qualities 2, 4, 6 and 8,
+  checkerboard context, bpp from the `.cca` file sizes, PSNR-RGB per image then averaged;
+* the reconstruction ceiling at quality 8 (`cca_codec.ceiling`: g_s(g_a(x)) without quantisation)
+  and the PSNR bought by the last step, quality 6 -> 8;
+* the share of y's estimated bits in each slice at quality 4 (the CCA paper's Figure 2 question:
+  does the CCA term move information into the early slices?);
+* BD-rate against the first candidate and against the JPEG anchor.
+
+The table goes to stdout (markdown) and `OUT/protocol.json`; each candidate's run directory
+(`OUT/NAME/run`, with `state.pt`) is kept, so the winner can go on as the background run.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import subprocess
 import sys
-import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.data import CropSampler, load_split
+from cca_codec.background import ANCHORS, BD_ANCHORS, RECIPE, train_root, trainer_environment
+from cca_codec.bdrate import bd_rate, load_curve
+from cca_codec.ceiling import autoencoder_ceiling
+from cca_codec.checkpoint import load_model, resolve_model_dir
+from cca_codec.evaluate import evaluate
 from cca_codec.imageio import load_image
-from cca_codec.metrics import psnr
 from cca_codec.nn.loss import bits
-from cca_codec.train import TrainOptions, Trainer, learning_rate
 
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
-DEFAULT_IMAGES = "kodim01,kodim05,kodim09,kodim13,kodim17,kodim21"
-QUALITY = 4
-LAMBDA_Q4 = 0.05 / (1.8 + 1)  # quality 4's CompressAI-style lambda
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO.parent / "shared" / "data" / "kodak"
+QUALITIES = (2.0, 4.0, 6.0, 8.0)
+SHARE_QUALITY = 4.0
 
-BASE = dict(config="cca-compact", batch=8, crop=128, lr=3e-4, lr_final=1e-5, warmup=50, decay_by_time=True,
-            qualities=str(QUALITY), variant="official")
-CANDIDATES: dict[str, dict] = {
-    "baseline-q4": BASE,
-    "compressai-msh": {**BASE, "compressai": True},
-    "bf16-cl": {**BASE, "bf16": True, "channels_last": True},
-    "bf16-cl-b4x256": {**BASE, "bf16": True, "channels_last": True, "batch": 4, "crop": 256},
-    "bf16-cl-stop-gradient": {**BASE, "bf16": True, "channels_last": True, "variant": "stop_gradient"},
-    "bf16-cl-alpha0": {**BASE, "bf16": True, "channels_last": True, "alpha": 0.0},
+@dataclass(frozen=True)
+class Candidate:
+    """One change to the recipe: trainer flags added after the recipe's, the training pack
+    ("jpeg" or "lossless"), and the stages to widen 2x before training (`cca_codec.widen`)."""
+
+    flags: tuple[str, ...] = ()
+    pack: str = "jpeg"
+    widen: str | None = None
+
+    def describe(self) -> str:
+        parts = [" ".join(self.flags) or "recipe unchanged", f"{self.pack} pack"]
+        if self.widen:
+            parts.append(f"stages {self.widen} widened 2x")
+        return ", ".join(parts)
+
+
+CANDIDATES: dict[str, Candidate] = {
+    "baseline": Candidate(),
+    "lr3e-4": Candidate(("--lr", "3e-4")),
+    "high-rate": Candidate(("--qualities", "1,2,3,4,5,6,7,8,6,7,8")),  # qualities 6-8 drawn twice as often
+    "top-rate": Candidate(("--qualities", "1,2,3,4,5,6,7,8,7,8,7,8")),  # qualities 7-8 three times as often
+    "lossless": Candidate(pack="lossless"),
+    "wide": Candidate(widen="0,1"),  # g_a and g_s at H/2 and H/4 twice as wide
+    "wide-h2": Candidate(widen="0"),  # at H/2 only
+    "stop-gradient": Candidate(("--variant", "stop_gradient")),
+    "alpha0": Candidate(("--alpha", "0")),
 }
 
 
-def train_ccacodec(spec: dict, data: str, minutes: float, out: Path, seed: int) -> tuple[Path, dict]:
-    """Train a ccacodec candidate for `minutes`; returns its exported model directory and run figures."""
-    fields = {k: v for k, v in spec.items() if k in TrainOptions.__dataclass_fields__}
-    o = TrainOptions(data=data, out=str(out / "run"), max_minutes=minutes, device="cpu", seed=seed, log_every=10**9,
-                     save_every=10**9, **fields)
-    trainer = Trainer(o)
-    start = time.time()
-    while (time.time() - start) / 60 < minutes:
-        rec = trainer.train_step((time.time() - start) / 60)
-    seconds = time.time() - start
-    export = trainer.export(str(out / "model"), "protocol", {"steps": trainer.step})
-    return export, {"steps": trainer.step, "seconds": seconds, "last_loss": rec["loss"], "aux_bits_per_element": rec["aux_bits_per_element"]}
+def train_command(name: str, init: Path, pack: Path, out: Path, cpu_minutes: float) -> list[str]:
+    """The trainer's command line for candidate `name`."""
+    return [
+        sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(out / "run"), "--init", str(init),
+        *RECIPE, *CANDIDATES[name].flags, "--max-cpu-minutes", str(cpu_minutes), "--export", str(out / "model"),
+        "--export-id", f"protocol-{name}",
+    ]
 
 
-def train_compressai(spec: dict, data: str, minutes: float, seed: int) -> tuple[torch.nn.Module, dict]:
-    """Train CompressAI's MeanScaleHyperprior(128, 192) with R + lambda*255^2*MSE, same data and schedule."""
-    from compressai.models import MeanScaleHyperprior
-
-    torch.manual_seed(seed)
-    net = MeanScaleHyperprior(N=128, M=192).train()
-    o = TrainOptions(data=data, out="", max_minutes=minutes, **{k: v for k, v in spec.items() if k in TrainOptions.__dataclass_fields__})
-    main = [p for n, p in net.named_parameters() if not n.endswith("quantiles")]
-    quantiles = [p for n, p in net.named_parameters() if n.endswith("quantiles")]
-    opt, aux_opt = torch.optim.Adam(main, lr=o.lr), torch.optim.Adam(quantiles, lr=1e-3)
-    sampler = CropSampler(load_split(data, "train"), o.crop, torch.Generator().manual_seed(seed))
-    start, step = time.time(), 0
-    while (time.time() - start) / 60 < minutes:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, o, (time.time() - start) / 60)
-        x = sampler.sample(o.batch)
-        out = net(x)
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        rate = sum(bits(lk).sum() for lk in out["likelihoods"].values()) / n
-        loss = rate + LAMBDA_Q4 * 255**2 * (out["x_hat"] - x).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main, 1.0)
-        opt.step()
-        aux_opt.zero_grad(set_to_none=True)
-        net.aux_loss().backward()
-        aux_opt.step()
-        step += 1
-    net.eval().update(force=True)
-    return net, {"steps": step, "seconds": time.time() - start, "last_loss": loss.item()}
-
-
-def slice_bit_shares(model_dir: Path, images: list[Path]) -> list[float]:
-    """Share of y's estimated bits in each slice (checkerboard context, quality 4), over the images."""
-    model = load_model(model_dir, trainable=True)  # the training pass's likelihoods
+def slice_bit_shares(model_dir: Path, images: list[Path], quality: float = SHARE_QUALITY) -> list[float]:
+    """Share of y's estimated bits in each slice (training pass, checkerboard context) over the images."""
+    model = load_model(model_dir, trainable=True)
     net, sizes = model.net.float().eval(), model.net.cfg.slice_sizes
     totals = np.zeros(len(sizes))
     with torch.no_grad():
         for path in images:
             rgb = torch.from_numpy(load_image(path).rgb).permute(2, 0, 1)[None].float() / 255
-            out = net(rgb, torch.tensor([float(QUALITY)]), checkerboard=True)
+            out = net(rgb, torch.tensor([quality]), checkerboard=True)
             for i, lk in enumerate(out["likelihoods"]["y"].split(sizes, dim=1)):
                 totals[i] += bits(lk).item()
     return [round(float(t / totals.sum()), 4) for t in totals]
 
 
-def evaluate_ccacodec(model_dir: Path, images: list[Path]) -> dict:
+def measure(model_dir: Path, images: list[Path]) -> dict:
+    """RD at QUALITIES (checkerboard), the ceiling at the top quality and the slice bit shares."""
     model = load_model(model_dir)
-    bpp, db = [], []
-    for path in images:
-        image = load_image(path)
-        data = encode_image(image, model, quality=QUALITY, context="checkerboard", device="cpu")
-        decoded = decode_image(data, model, device="cpu")
-        bpp.append(8 * len(data) / (image.rgb.shape[0] * image.rgb.shape[1]))
-        db.append(psnr(image.rgb, decoded.rgb))
-    return {"bpp": statistics.fmean(bpp), "psnr": statistics.fmean(db), "slice_bit_shares": slice_bit_shares(model_dir, images)}
-
-
-def evaluate_compressai(net: torch.nn.Module, images: list[Path]) -> dict:
-    bpp, db = [], []
-    with torch.no_grad():
-        for path in images:
-            image = load_image(path)
-            x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None].float() / 255
-            h, w = x.shape[-2:]
-            ph, pw = -h % 64, -w % 64
-            coded = net.compress(torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate"))
-            x_hat = net.decompress(coded["strings"], coded["shape"])["x_hat"][..., :h, :w].clamp(0, 1)
-            nbytes = sum(len(s) for strings in coded["strings"] for s in strings)
-            bpp.append(8 * nbytes / (h * w))
-            db.append(psnr(image.rgb, (x_hat[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
-    return {"bpp": statistics.fmean(bpp), "psnr": statistics.fmean(db)}
-
-
-def run_candidate(name: str, data: str, minutes: float, images: list[Path], seed: int) -> dict:
-    spec = CANDIDATES[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        if spec.get("compressai"):
-            net, fig = train_compressai(spec, data, minutes, seed)
-            result = evaluate_compressai(net, images)
-        else:
-            model_dir, fig = train_ccacodec(spec, data, minutes, Path(tmp), seed)
-            result = evaluate_ccacodec(model_dir, images)
-    pixels = spec["batch"] * spec["crop"] ** 2
+    result = evaluate(images, model, list(QUALITIES), ["checkerboard"], device="cpu", progress=False)["checkerboard"]
+    r = result["results"]
+    top = float(model.qualities[-1].quality)
     return {
-        "candidate": name, "minutes": minutes, **fig, "steps_per_s": fig["steps"] / fig["seconds"],
-        "kpixels_per_s": fig["steps"] * pixels / fig["seconds"] / 1000, **result,
-        "spec": {k: v for k, v in spec.items()},
+        "qualities": r["quality"], "bpp": r["bpp"], "psnr": r["psnr-rgb"],
+        "ceiling": round(autoencoder_ceiling(model, images, top), 3),
+        "last_step_gain": round(r["psnr-rgb"][-1] - r["psnr-rgb"][-2], 3),
+        "slice_bit_shares": slice_bit_shares(model_dir, images),
     }
 
 
+def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
+    """Train candidate `name` (its own process, `a.threads` threads) and measure its export (in a
+    process of the same thread count, so measurements of side-by-side candidates do not compete
+    for more than their share). Returns its row."""
+    candidate, out = CANDIDATES[name], a.out / name
+    pack = a.lossless_data if candidate.pack == "lossless" else a.data
+    if pack is None:
+        raise SystemExit(f"{name}: needs --lossless-data (python -m cca_codec.data SOURCE PACK --lossless)")
+    out.mkdir(parents=True, exist_ok=True)
+    env = trainer_environment(a.threads)
+    init = a.init
+    with open(out / "train.log", "w") as log:
+        if candidate.widen:
+            init = out / "init"
+            widen = [sys.executable, "-m", "cca_codec.widen", str(a.init), str(init), "--factor", "2", "--stages", candidate.widen]
+            subprocess.run(widen, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
+        start = time.time()
+        subprocess.run(train_command(name, init, pack, out, a.cpu_minutes), check=True, stdout=log, stderr=log, env=env, cwd=REPO)
+    wall = time.time() - start
+    state = torch.load(out / "run" / "state.pt", map_location="cpu", weights_only=False)
+    measured = subprocess.run(
+        [sys.executable, __file__, "_measure", str(out / "model"), *map(str, images)], check=True, capture_output=True, text=True,
+        env=env, cwd=REPO,
+    )
+    row = {
+        "candidate": name, "change": candidate.describe(), "pack": str(pack), "threads": a.threads, "steps": state["step"],
+        "cpu_minutes": round(state["cpu_seconds"] / 60, 2), "wall_minutes": round(wall / 60, 1),
+        "steps_per_cpu_minute": round(state["step"] / max(state["cpu_seconds"] / 60, 1e-9), 1),
+        **json.loads(measured.stdout),
+    }
+    (out / "result.json").write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def add_bd_rates(rows: list[dict]) -> None:
+    """BD-rate (%) of every row against the first row and against the JPEG anchor."""
+    jpeg = ANCHORS / BD_ANCHORS[0]
+    references = {"first": (rows[0]["bpp"], rows[0]["psnr"])}
+    if jpeg.exists():
+        _, bpp, db = load_curve(jpeg)
+        references["jpeg"] = (bpp, db)
+    for row in rows:
+        for key, (rb, rp) in references.items():
+            try:
+                row[f"bd_{key}"] = round(bd_rate(rb, rp, row["bpp"], row["psnr"]), 2)
+            except ValueError:
+                row[f"bd_{key}"] = None
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| candidate | minutes | steps | steps/s | kpixels/s | bpp | PSNR-RGB | y bits per slice |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:+.2f}"
+
+    lines = [
+        "| candidate | steps | CPU min | steps / CPU min | Kodak q2 / q4 / q6 / q8 bpp @ dB | ceiling dB | q6->q8 dB | "
+        f"vs {rows[0]['candidate']} | vs JPEG | y bits per slice % |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        shares = " / ".join(f"{100 * s:.0f}" for s in r.get("slice_bit_shares", [])) or "-"
-        lines.append(f"| {r['candidate']} | {r['minutes']:g} | {r['steps']:,} | {r['steps_per_s']:.3f} | {r['kpixels_per_s']:.0f} | "
-                     f"{r['bpp']:.3f} | {r['psnr']:.2f} | {shares} |")
+        points = " / ".join(f"{b:.3f} @ {p:.2f}" for b, p in zip(r["bpp"], r["psnr"]))
+        shares = " / ".join(f"{100 * s:.0f}" for s in r["slice_bit_shares"])
+        lines.append(
+            f"| {r['candidate']} | {r['steps']:,} | {r['cpu_minutes']:.1f} | {r['steps_per_cpu_minute']:.1f} | {points} | "
+            f"{r['ceiling']:.2f} | {r['last_step_gain']:+.2f} | {pct(r.get('bd_first'))} | {pct(r.get('bd_jpeg'))} | {shares} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_measure"]:  # a worker: measure one exported model on the given images
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        print(json.dumps(measure(Path(argv[1]), [Path(p) for p in argv[2:]])))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="training pack (python -m cca_codec.data)")
-    p.add_argument("--candidates", default="baseline-q4,compressai-msh")
-    p.add_argument("--minutes", type=float, default=25.0)
+    p.add_argument("--candidates", default="baseline,lr3e-4", help="comma-separated; the first is what the others are compared with")
+    p.add_argument("--cpu-minutes", type=float, default=30.0, help="process CPU minutes (all threads) each candidate trains")
+    p.add_argument("--init", default=None, help="weights every candidate starts from (default: the default model)")
+    p.add_argument("--data", type=Path, default=train_root() / "pack", help="the JPEG training pack")
+    p.add_argument("--lossless-data", type=Path, default=None, help="a lossless pack, for candidate 'lossless'")
     p.add_argument("--kodak", type=Path, default=KODAK)
-    p.add_argument("--images", default=DEFAULT_IMAGES, help="comma-separated Kodak image names")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--images", default=None, help="comma-separated Kodak image names (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="threads of each candidate")
+    p.add_argument("--jobs", type=int, default=2, help="candidates trained side by side")
+    p.add_argument("--out", type=Path, default=None, help="folder for the runs and protocol.json")
     p.add_argument("--list", action="store_true", help="print the candidates and exit")
     a = p.parse_args(argv)
     if a.list:
-        for name, spec in CANDIDATES.items():
-            print(f"{name}: {json.dumps(spec)}")
+        for name, candidate in CANDIDATES.items():
+            print(f"{name}: {candidate.describe()}")
         return
-    if not a.data:
-        p.error("--data is required")
-    unknown = [c for c in a.candidates.split(",") if c not in CANDIDATES]
+    if a.out is None:
+        p.error("--out is required")
+    names = a.candidates.split(",")
+    unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         p.error(f"unknown candidates {unknown}; --list shows them")
-    torch.set_num_threads(a.threads)
-    images = [a.kodak / f"{n}.png" for n in a.images.split(",")]
-    rows = []
-    for name in a.candidates.split(","):
-        print(f"{name}: training {a.minutes:g} minutes ...", file=sys.stderr, flush=True)
-        rows.append(run_candidate(name, a.data, a.minutes, images, a.seed))
-        print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    a.init = resolve_model_dir(a.init)
+    if a.images:
+        images = [a.kodak / f"{n}.png" for n in a.images.split(",")]
+    else:
+        images = sorted(a.kodak.glob("*.png"))
+    with ThreadPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(lambda n: run_candidate(n, a, images), names))
+    add_bd_rates(rows)
     print(markdown(rows))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rows, indent=2) + "\n")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "protocol.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

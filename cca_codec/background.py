@@ -463,21 +463,25 @@ def append_stint_row(training_md: Path, row: dict) -> None:
         "One row per stint of the background run (`python -m cca_codec.background finish`). CPU minutes are minutes of\n"
         "the whole 2-core machine (process CPU time / threads); Kodak: all 24 images, checkerboard, bpp from file sizes,\n"
         "PSNR-RGB per image then averaged; BD-rates in %, negative = fewer bits. \"vs shipped\" compares with the\n"
-        "weights committed at the time.\n\n"
+        "weights committed at the time. Ceiling: PSNR-RGB of g_s(g_a(x)) without quantisation at the top quality\n"
+        "(`python -m cca_codec.ceiling`), the most any rate can buy; q7->q8: the PSNR the top quality step buys.\n\n"
         "| date | steps (total) | CPU min (total) | wall min | recipe | train loss / bpp / PSNR | Kodak q1 / q4 / q8 bpp @ dB | "
-        "vs JPEG | vs VTM | vs BPG | vs shipped | committed |\n"
-        "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---|\n"
+        "ceiling dB | q7->q8 dB | vs JPEG | vs VTM | vs BPG | vs shipped | committed |\n"
+        "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|\n"
     )
     if STINTS_HEADING not in text:
         text = text.rstrip("\n") + "\n" + header
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:+.1f}"
 
+    def db(v: float | None, sign: str = "") -> str:
+        return "n/a" if v is None else f"{v:{sign}.2f}"
+
     recipe = f"{row['recipe']} on {row['machine']}" if row.get("machine") else row["recipe"]
     line = (
         f"| {row['date']} | {row['steps']:,} ({row['total_steps']:,}) | {row['cpu_minutes']} ({row['total_cpu_minutes']}) | "
         f"{row['wall_minutes']} | {recipe} | {row['loss']} / {row['bpp']} / {row['psnr']} | {row['kodak']} | "
-        f"{fmt(row['bd'].get('jpeg'))} | {fmt(row['bd'].get('vtm'))} | {fmt(row['bd'].get('bpg'))} | "
+        f"{db(row.get('ceiling'))} | {db(row.get('top_step_gain'), '+')} | {fmt(row['bd'].get('jpeg'))} | {fmt(row['bd'].get('vtm'))} | {fmt(row['bd'].get('bpg'))} | "
         f"{fmt(row['bd'].get('shipped'))} | {row['committed']} |\n"
     )
     lines = text.rstrip("\n").split("\n")
@@ -536,6 +540,23 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     return f"{name}, {best}" if best else name
 
 
+def top_step_gain(curve: Path) -> float | None:
+    """PSNR (dB) the top quality buys over the one below it on a curve (None for a single point)."""
+    from .bdrate import load_curve
+
+    _, _, psnr = load_curve(curve)
+    return round(psnr[-1] - psnr[-2], 3) if len(psnr) > 1 else None
+
+
+def kodak_ceiling(model_dir: Path, kodak: Path, limit: int | None = None) -> float:
+    """The reconstruction ceiling (`cca_codec.ceiling`) at the model's top quality over the Kodak images."""
+    from .ceiling import autoencoder_ceiling
+    from .checkpoint import load_model
+    from .evaluate import find_images
+
+    return round(autoencoder_ceiling(load_model(model_dir), find_images(kodak, limit)), 3)
+
+
 def _kodak_points(curve: Path) -> str:
     from .bdrate import load_curve
 
@@ -545,7 +566,8 @@ def _kodak_points(curve: Path) -> str:
 
 
 def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: int, install: bool, limit: int | None) -> dict:
-    """Stop, export the EMA weights, run the Kodak check, append the TRAINING.md row and, with
+    """Stop, export the EMA weights, run the Kodak check (every quality through the codec, and the
+    reconstruction ceiling at the top quality), append the TRAINING.md row and, with
     `install`, copy the weights into `models_dir/model_id` when BD-rate against the shipped
     weights is negative. Returns the row."""
     import shutil
@@ -562,6 +584,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     stamp = f"step{step}"
     export = export_state(run.state, run.directory / "export" / stamp / model_id, model_id)
     curve = kodak_check(export, kodak, run.directory / "kodak" / stamp, limit)
+    ceiling = kodak_ceiling(export, kodak, limit)
     shipped_dir = models_dir / model_id
     references = {"jpeg": ANCHORS / BD_ANCHORS[0], "vtm": ANCHORS / BD_ANCHORS[1], "bpg": ANCHORS / BD_ANCHORS[2]}
     if (shipped_dir / KODAK_RESULT).exists():
@@ -575,7 +598,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
         lineage = read_lineage(run)
         summary["total_steps"] += lineage["steps"]
         summary["total_cpu_minutes"] = round(summary["total_cpu_minutes"] + lineage["cpu_minutes"], 1)
-        _describe_export(export, summary, float(lineage.get("gpu_minutes", 0.0)), _kodak_points(curve), bd)
+        _describe_export(export, summary, float(lineage.get("gpu_minutes", 0.0)), _kodak_points(curve), ceiling, bd)
     improved = bd.get("shipped") is not None and bd["shipped"] < 0
     committed = "no"
     if install and improved and limit is None:
@@ -586,7 +609,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     recipe = json.loads(run.recipe.read_text())["args"] if run.recipe.exists() else RECIPE
     row = {
         "date": datetime.now(timezone.utc).date().isoformat(), **summary, "recipe": _recipe_text(recipe), "machine": cpu_description(),
-        "kodak": _kodak_points(curve), "bd": bd, "committed": committed, "export": str(export), "curve": str(curve),
+        "kodak": _kodak_points(curve), "ceiling": ceiling, "top_step_gain": top_step_gain(curve), "bd": bd, "committed": committed, "export": str(export), "curve": str(curve),
     }
     if summary.get("steps"):
         append_stint_row(shipped_dir / "TRAINING.md", row)
@@ -595,7 +618,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     return row
 
 
-def _describe_export(export: Path, summary: dict, gpu_minutes: float, kodak: str, bd: dict[str, float | None]) -> None:
+def _describe_export(export: Path, summary: dict, gpu_minutes: float, kodak: str, ceiling: float, bd: dict[str, float | None]) -> None:
     """Complete the exported model.json's info and model card (whose own lines count only this
     run) with the model's whole training (this run plus its lineage) and its Kodak check."""
     meta = json.loads((export / "model.json").read_text())
@@ -611,7 +634,8 @@ def _describe_export(export: Path, summary: dict, gpu_minutes: float, kodak: str
         f"{summary['total_cpu_minutes']} CPU minutes (2-core machine minutes, see TRAINING.md), "
         f"{gpu_minutes:g} GPU minutes.\n\n"
         f"Kodak check (checkerboard; bpp @ PSNR-RGB dB at qualities 1, 4 and 8): {kodak}."
-        + (f" BD-rate: {rates}." if rates else "") + "\n"
+        + (f" BD-rate: {rates}." if rates else "")
+        + f" Reconstruction ceiling (g_s(g_a(x)) unquantised, top quality): {ceiling:.2f} dB.\n"
     )
     atomic_write(export / "MODEL_CARD.md", (card.rstrip("\n") + "\n\n" + lines).encode())
 

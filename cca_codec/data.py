@@ -2,7 +2,9 @@
 
 A pack is a folder with `train/` and `val/` JPEG crops (all CROP x CROP pixels, 4:4:4) and a
 `pack.json` describing how it was made. It is small enough to travel to the GPU machine with the
-repository (aim: 20-35 MiB). Photos are downscaled first (short side to 400-600 px when larger),
+repository (aim: 20-35 MiB). A lossless pack (`--lossless`) stores the crops as PNG instead, about
+six times larger: for a local CPU run whose top qualities should not learn JPEG q88's block
+artifacts (on average 37.8 dB from the source, the level the top qualities aim at). Photos are downscaled first (short side to 400-600 px when larger),
 which removes sensor noise and JPEG artifacts of the originals, then cut into crops in
 proportion to their area. Validation crops come from a held-out subset of the photos, chosen by
 a hash of the file name; Kodak is never part of it.
@@ -25,6 +27,7 @@ PACK_CROP = 288
 PACK_JPEG_QUALITY = 88
 PACK_MAX_CROPS = 5
 PACK_FORMAT = "ccacodec-pack-1"
+CROP_SUFFIXES = (".jpg", ".png")
 
 
 def _is_validation(name: str, fraction: float) -> bool:
@@ -58,8 +61,10 @@ def build_pack(
     max_crops: int = PACK_MAX_CROPS,
     val_fraction: float = 0.03,
     seed: int = 0,
+    lossless: bool = False,
 ) -> dict:
-    """Turn a folder of photographs into a training pack. Returns the pack description."""
+    """Turn a folder of photographs into a training pack (JPEG crops at `jpeg_quality`, or PNG
+    crops with `lossless`). Returns the pack description."""
     src, dst = Path(source), Path(out)
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -75,8 +80,11 @@ def build_pack(
             crops = _crops_from_photo(img.convert("RGB"), rng, crop, max_crops)
         for k, c in enumerate(crops):
             buf = io.BytesIO()
-            c.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)
-            (dst / split / f"{path.stem}_{k}.jpg").write_bytes(buf.getvalue())
+            if lossless:
+                c.save(buf, format="PNG")
+            else:
+                c.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0)
+            (dst / split / f"{path.stem}_{k}{'.png' if lossless else '.jpg'}").write_bytes(buf.getvalue())
             total_bytes += buf.tell()
             counts[split] += 1
     meta = {
@@ -84,7 +92,8 @@ def build_pack(
         "source": str(src),
         "photos": len(files),
         "crop": crop,
-        "jpeg_quality": jpeg_quality,
+        "encoding": "png" if lossless else "jpeg",
+        "jpeg_quality": None if lossless else jpeg_quality,
         "crops": counts,
         "bytes": total_bytes,
         "seed": seed,
@@ -95,7 +104,7 @@ def build_pack(
 
 def load_split(pack: str | os.PathLike, split: str) -> torch.Tensor:
     """All crops of one split as a uint8 tensor (N, 3, CROP, CROP)."""
-    files = sorted((Path(pack) / split).glob("*.jpg"))
+    files = sorted(f for f in (Path(pack) / split).glob("*") if f.suffix in CROP_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no {split} crops in {pack}")
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
@@ -144,8 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-crops", type=int, default=PACK_MAX_CROPS)
     p.add_argument("--val-fraction", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lossless", action="store_true", help="store the crops as PNG (about 6x larger) instead of JPEG")
     a = p.parse_args(argv)
-    meta = build_pack(a.source, a.out, crop=a.crop, jpeg_quality=a.jpeg_quality, max_crops=a.max_crops, val_fraction=a.val_fraction, seed=a.seed)
+    meta = build_pack(
+        a.source, a.out, crop=a.crop, jpeg_quality=a.jpeg_quality, max_crops=a.max_crops, val_fraction=a.val_fraction,
+        seed=a.seed, lossless=a.lossless,
+    )
     print(json.dumps(meta, indent=2))
 
 

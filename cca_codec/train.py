@@ -55,6 +55,7 @@ class TrainOptions:
     resume: str | None = None
     steps: int = 100_000
     max_minutes: float = 0.0
+    max_cpu_minutes: float = 0.0
     batch: int = 8
     crop: int = 256
     lr: float = 1e-4
@@ -381,7 +382,9 @@ def model_card(model_id: str, net: CCAModel, info: dict) -> str:
 
 
 def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
-    """Train until `steps`, `max_minutes` or `max_steps` (this call) is reached, or a signal.
+    """Train until `steps`, `max_minutes` (wall), `max_cpu_minutes` (process CPU time of all
+    threads: a budget that holds on a shared machine) or `max_steps` (this call) is reached, or a
+    signal.
     Under torchrun every rank runs this, and all stop at the same step."""
     with launch(o.device) as world:
         state = torch.load(o.resume, map_location="cpu", weights_only=False) if o.resume else None
@@ -411,7 +414,7 @@ def _train(trainer: Trainer, max_steps: int | None) -> None:
         """(stop, seconds and CPU seconds of this call), the same on every rank."""
         return world.agree(stop["flag"], time.time() - start, time.process_time() - cpu_start)
 
-    stopping, seconds, _ = agree()
+    stopping, seconds, cpu_seconds = agree()
     last_save = 0.0
     if world.main:
         Path(o.out).mkdir(parents=True, exist_ok=True)
@@ -421,6 +424,8 @@ def _train(trainer: Trainer, max_steps: int | None) -> None:
                 if max_steps is not None and done_here >= max_steps:
                     break
                 if o.max_minutes and seconds / 60 >= o.max_minutes:
+                    break
+                if o.max_cpu_minutes and cpu_seconds / 60 >= o.max_cpu_minutes:
                     break
                 rec = trainer.train_step(seconds / 60)
                 done_here += 1

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cca_codec import background as bg
+from cca_codec.ceiling import autoencoder_ceiling
 from cca_codec.checkpoint import load_model
 
 TINY = ["--config", "cca-tiny", "--batch", "2", "--crop", "64", "--warmup", "2", "--log-every", "1", "--save-minutes", "0.02"]
@@ -99,9 +100,14 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     card = (Path(row["export"]) / "MODEL_CARD.md").read_text()
     assert f"Whole training, this run and the weights it started from: {row['total_steps']:,} steps" in card
     assert f"qualities 1, 4 and 8): {row['kodak']}." in card and "GPU minutes" in card
+    # the reconstruction ceiling at the top quality, over the same images
+    assert row["ceiling"] == round(autoencoder_ceiling(model, sorted(kodak.glob("*.png"))), 3)
+    assert f"top quality): {row['ceiling']:.2f} dB." in card
+    assert isinstance(row["top_step_gain"], float)
     assert model.info["gpu_minutes"] == 0
     table = (models / "cca-compact" / "TRAINING.md").read_text()
     assert bg.STINTS_HEADING in table and f"| b2x64 bf16 cl constant 1e-4 ema0.998 on {bg.cpu_description()} |" in table
+    assert f"| {row['ceiling']:.2f} | {row['top_step_gain']:+.2f} |" in table
 
 
 def test_stint_summary_ends_at_the_saved_state():
@@ -125,14 +131,17 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     md = tmp_path / "TRAINING.md"
     md.write_text("# m: training log\n\nintro\n\n## Later section\n\ntext\n")
     row = {"date": "2026-12-01", "steps": 10, "total_steps": 110, "cpu_minutes": 1.5, "total_cpu_minutes": 9.0, "wall_minutes": 3.0,
-           "recipe": "b4x256", "loss": 1.0, "bpp": 0.5, "psnr": 28.0, "kodak": "0.3 @ 27", "bd": {"jpeg": -3.25, "vtm": None},
-           "committed": "no"}
+           "recipe": "b4x256", "loss": 1.0, "bpp": 0.5, "psnr": 28.0, "kodak": "0.3 @ 27", "ceiling": 35.614, "top_step_gain": 0.472,
+           "bd": {"jpeg": -3.25, "vtm": None}, "committed": "no"}
     bg.append_stint_row(md, row)
     bg.append_stint_row(md, {**row, "steps": 20, "committed": "yes"})
     text = md.read_text()
     assert text.count(bg.STINTS_HEADING) == 1
     rows = [line for line in text.splitlines() if line.startswith("| 2026-12-01")]
     assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
+    assert "| 0.3 @ 27 | 35.61 | +0.47 | -3.2 |" in rows[0]
+    header = next(line for line in text.splitlines() if line.startswith("| date"))
+    assert header.count("|") == rows[0].count("|") and "| ceiling dB | q7->q8 dB |" in header
     bg.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
     assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
 

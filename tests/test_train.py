@@ -10,7 +10,7 @@ from conftest import write_photos
 
 from cca_codec.checkpoint import load_model
 from cca_codec.codec import decode_image, encode_image
-from cca_codec.data import build_pack
+from cca_codec.data import build_pack, load_split
 from cca_codec.imageio import load_image
 from cca_codec.train import TrainOptions, run
 
@@ -75,3 +75,25 @@ def test_a_warm_started_run_with_ema_resumes(pack, tmp_path):
     assert resumed.step == 3
     tables = {k: v for k, v in resumed.ema.state_dict().items() if k.endswith("_quantized_cdf")}
     assert tables and all(v.numel() > 0 for v in tables.values())
+
+
+def test_lossless_pack_keeps_the_crops_exactly(tmp_path):
+    """--lossless stores PNG crops: photos of exactly one crop's size become that one crop, pixel for
+    pixel, where the JPEG pack's differ."""
+    src = write_photos(tmp_path / "photos", 3, (128, 129), seed=3)  # 128x128 each: one crop, the whole photo
+    photos = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1) for p in sorted(src.glob("*.png"))])
+    png_meta = build_pack(src, tmp_path / "png", crop=128, val_fraction=0.0, lossless=True)
+    jpeg_meta = build_pack(src, tmp_path / "jpeg", crop=128, val_fraction=0.0)
+    assert (png_meta["encoding"], png_meta["jpeg_quality"], jpeg_meta["encoding"]) == ("png", None, "jpeg")
+    assert png_meta["crops"]["train"] == 3 and not list((tmp_path / "png" / "train").glob("*.jpg"))
+    assert torch.equal(load_split(tmp_path / "png", "train"), photos)
+    assert not torch.equal(load_split(tmp_path / "jpeg", "train"), photos)
+
+
+def test_a_cpu_minute_budget_stops_the_run(pack, tmp_path):
+    """--max-cpu-minutes counts the process CPU time of the training steps (every thread)."""
+    trainer = run(options(pack[0], tmp_path / "budget", max_cpu_minutes=0.004))  # 0.24 CPU seconds
+    assert 1 <= trainer.step < 100
+    assert trainer.cpu_seconds >= 0.24
+    per_step = trainer.cpu_seconds / trainer.step
+    assert trainer.cpu_seconds - per_step < 0.24  # it stopped at the first step past the budget
