@@ -3,8 +3,8 @@
     python benchmarks/train_protocol.py --candidates baseline,lr3e-4 --cpu-minutes 30 --jobs 2 \\
         --out ~/.cache/ccacodec/protocol/r1 [--init models/cca-compact] [--data PACK] [--lossless-data PACK]
 
-Every candidate is the background run's recipe (`cca_codec.background.RECIPE`) with one thing
-changed (`--list` prints them), warm-started from the same weights (`--init`, default: the default
+Every candidate is the background run's recipe (the trainer's defaults, `cca_codec.train.TrainOptions`)
+with one thing changed (`--list` prints them), warm-started from the same weights (`--init`, default: the default
 model) with a fresh optimiser and moving average, and trained by `python -m cca_codec.train` for
 the same budget of process CPU time (`--cpu-minutes`, core-minutes: one thread busy for a minute
 is one), so candidates that run side by side (`--jobs 2`, each on `--threads` threads) or beside
@@ -17,10 +17,13 @@ point. Each exports its moving-average weights, which are then measured the same
   and the PSNR bought by the last step, quality 6 -> 8;
 * the share of y's estimated bits in each slice at quality 4 (the CCA paper's Figure 2 question:
   does the CCA term move information into the early slices?);
-* BD-rate against the first candidate and against the JPEG anchor.
+* BD-rate against the first candidate, the starting weights' committed Kodak curve and the JPEG
+  anchor.
 
 The table goes to stdout (markdown) and `OUT/protocol.json`; each candidate's run directory
 (`OUT/NAME/run`, with `state.pt`) is kept, so the winner can go on as the background run.
+`--collect OUT1/baseline OUT2/wide ...` tabulates candidates of several rounds (same budget and
+starting weights) against the first one named.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cca_codec.background import ANCHORS, BD_ANCHORS, RECIPE, train_root, trainer_environment
+from cca_codec.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, train_root, trainer_environment
 from cca_codec.bdrate import bd_rate, load_curve
 from cca_codec.ceiling import autoencoder_ceiling
 from cca_codec.checkpoint import load_model, resolve_model_dir
@@ -83,7 +86,7 @@ def train_command(name: str, init: Path, pack: Path, out: Path, cpu_minutes: flo
     """The trainer's command line for candidate `name`."""
     return [
         sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(out / "run"), "--init", str(init),
-        *RECIPE, *CANDIDATES[name].flags, "--max-cpu-minutes", str(cpu_minutes), "--export", str(out / "model"),
+        *CANDIDATES[name].flags, "--max-cpu-minutes", str(cpu_minutes), "--export", str(out / "model"),
         "--export-id", f"protocol-{name}",
     ]
 
@@ -150,13 +153,14 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
     return row
 
 
-def add_bd_rates(rows: list[dict]) -> None:
-    """BD-rate (%) of every row against the first row and against the JPEG anchor."""
-    jpeg = ANCHORS / BD_ANCHORS[0]
+def add_bd_rates(rows: list[dict], init: Path) -> None:
+    """BD-rate (%) of every row against the first row, the JPEG anchor and the starting weights'
+    committed Kodak curve (every quality, all 24 images; only comparable when --images is all)."""
     references = {"first": (rows[0]["bpp"], rows[0]["psnr"])}
-    if jpeg.exists():
-        _, bpp, db = load_curve(jpeg)
-        references["jpeg"] = (bpp, db)
+    for key, path in (("jpeg", ANCHORS / BD_ANCHORS[0]), ("init", init / KODAK_RESULT)):
+        if path.exists():
+            _, bpp, db = load_curve(path)
+            references[key] = (bpp, db)
     for row in rows:
         for key, (rb, rp) in references.items():
             try:
@@ -171,15 +175,15 @@ def markdown(rows: list[dict]) -> str:
 
     lines = [
         "| candidate | steps | CPU min | steps / CPU min | Kodak q2 / q4 / q6 / q8 bpp @ dB | ceiling dB | q6->q8 dB | "
-        f"vs {rows[0]['candidate']} | vs JPEG | y bits per slice % |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        f"vs {rows[0]['candidate']} | vs start | vs JPEG | y bits per slice % |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         points = " / ".join(f"{b:.3f} @ {p:.2f}" for b, p in zip(r["bpp"], r["psnr"]))
         shares = " / ".join(f"{100 * s:.0f}" for s in r["slice_bit_shares"])
         lines.append(
             f"| {r['candidate']} | {r['steps']:,} | {r['cpu_minutes']:.1f} | {r['steps_per_cpu_minute']:.1f} | {points} | "
-            f"{r['ceiling']:.2f} | {r['last_step_gain']:+.2f} | {pct(r.get('bd_first'))} | {pct(r.get('bd_jpeg'))} | {shares} |"
+            f"{r['ceiling']:.2f} | {r['last_step_gain']:+.2f} | {pct(r.get('bd_first'))} | {pct(r.get('bd_init'))} | {pct(r.get('bd_jpeg'))} | {shares} |"
         )
     return "\n".join(lines)
 
@@ -202,10 +206,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=2, help="candidates trained side by side")
     p.add_argument("--out", type=Path, default=None, help="folder for the runs and protocol.json")
     p.add_argument("--list", action="store_true", help="print the candidates and exit")
+    p.add_argument("--collect", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="no training: tabulate the result.json of these candidate folders (e.g. of several rounds), the first as reference")
     a = p.parse_args(argv)
     if a.list:
         for name, candidate in CANDIDATES.items():
             print(f"{name}: {candidate.describe()}")
+        return
+    if a.collect:
+        rows = [json.loads((d / "result.json").read_text()) for d in a.collect]
+        add_bd_rates(rows, resolve_model_dir(a.init))
+        print(markdown(rows))
         return
     if a.out is None:
         p.error("--out is required")
@@ -220,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         images = sorted(a.kodak.glob("*.png"))
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(lambda n: run_candidate(n, a, images), names))
-    add_bd_rates(rows)
+    add_bd_rates(rows, a.init)
     print(markdown(rows))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "protocol.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -53,16 +53,6 @@ BD_ANCHORS = ("kodak_jpeg.json", "kodak_vtm.json", "kodak_bpg_444_x265_ycbcr.jso
 KODAK_RESULT = "kodak_checkerboard.json"  # the committed weights' Kodak curve, beside them
 STINTS_HEADING = "## Background stints"
 
-# The recipe of the never-ending run (see models/cca-compact/TRAINING.md, "Background stints"):
-# bf16 autocast + channels_last (AMX), 256x256 crops, a constant learning rate after a short
-# warm-up, and an exponential moving average of the weights for export.
-RECIPE = [
-    "--batch", "4", "--crop", "256", "--bf16", "--channels-last",
-    "--schedule", "constant", "--lr", "1e-4", "--warmup", "100", "--ema", "0.998",
-    "--steps", "100000000", "--log-every", "20", "--save-every", "1000000", "--save-minutes", "5",
-]
-
-
 def train_root() -> Path:
     return Path(os.environ.get("CCACODEC_TRAIN_DIR") or Path.home() / ".cache" / "ccacodec" / "train")
 
@@ -249,12 +239,12 @@ def start(
         run.directory.rename(archive)
         print(f"archived the previous run as {archive}", file=sys.stderr)
     run.directory.mkdir(parents=True, exist_ok=True)
-    if extra:
-        recipe = RECIPE + extra
-    elif run.recipe.exists():
-        recipe = json.loads(run.recipe.read_text())["args"]
+    # the recipe is the trainer's defaults (cca_codec.train.TrainOptions) plus the flags given after
+    # `start --`, which the run keeps until the next `start -- FLAGS`
+    if extra or not run.recipe.exists():
+        recipe = extra
     else:
-        recipe = RECIPE
+        recipe = json.loads(run.recipe.read_text())["args"]
     atomic_write(run.recipe, (json.dumps({"args": recipe}, indent=2) + "\n").encode())
     pack = ensure_pack(data, source)
     from .checkpoint import resolve_model_dir
@@ -495,23 +485,39 @@ def append_stint_row(training_md: Path, row: dict) -> None:
     atomic_write(training_md, ("\n".join(lines) + "\n").encode())
 
 
+def _short_number(v: float) -> str:
+    """1e-4, 2.5e-4, 8e-5: a learning rate as people write it."""
+    mantissa, exponent = f"{v:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _recipe_text(args: list[str]) -> str:
-    """The recipe flags that matter, compactly: 'b4x256 bf16 cl constant 1e-4 ema0.998', or for a
-    decay 'cosine 1e-4>1e-5/45min' (over the call's minutes with --decay-by-time). A flag given
-    twice counts as the trainer reads it: the last one."""
-    a = dict(zip(args, args[1:] + [""]))
-    parts = [f"b{a.get('--batch', '8')}x{a.get('--crop', '256')}"]
-    parts += [f for f, name in (("bf16", "--bf16"), ("cl", "--channels-last")) if name in args]
-    schedule, lr = a.get("--schedule", "cosine"), a.get("--lr", "1e-4")
-    if schedule == "cosine":
-        lr += f">{a.get('--lr-final', '1e-5')}"
-        if "--decay-by-time" in args and "--max-minutes" in a:
-            lr += f"/{a['--max-minutes']}min"
-    parts += [schedule, lr]
-    if "--ema" in a:
-        parts.append(f"ema{a['--ema']}")
-    if "--variant" in a:
-        parts.append(a["--variant"])
+    """The recipe the trainer runs with these flags, compactly: 'b4x256 bf16 cl constant 1e-4
+    ema0.998', or for a decay 'cosine 1e-4>1e-5/45min' (over the call's minutes with
+    --decay-by-time). The flags are read by the trainer's own parser (defaults included, a flag
+    given twice counts once, the last), and `auto` precision as it resolves on this machine's CPU."""
+    import torch
+
+    from .train import autocast_bf16, parse_args
+
+    o = parse_args(["--data", "-", "--out", "-", *args])
+    parts = [f"b{o.batch}x{o.crop}", "bf16" if autocast_bf16(o.precision, torch.device("cpu")) else "fp32"]
+    if o.channels_last:
+        parts.append("cl")
+    lr = _short_number(o.lr)
+    if o.schedule == "cosine":
+        lr += f">{_short_number(o.lr_final)}"
+        if o.decay_by_time and o.max_minutes:
+            lr += f"/{o.max_minutes:g}min"
+    parts += [o.schedule, lr]
+    if o.ema:
+        parts.append(f"ema{o.ema:g}")
+    if o.variant != "official":
+        parts.append(o.variant)
+    if o.qualities:
+        parts.append(f"q{o.qualities}")
+    if o.alpha != 1.0:
+        parts.append(f"alpha{o.alpha:g}")
     return " ".join(parts)
 
 
@@ -606,7 +612,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
             shutil.copyfile(export / name, shipped_dir / name)
         shutil.copyfile(curve, shipped_dir / KODAK_RESULT)
         committed = "yes"
-    recipe = json.loads(run.recipe.read_text())["args"] if run.recipe.exists() else RECIPE
+    recipe = json.loads(run.recipe.read_text())["args"] if run.recipe.exists() else []
     row = {
         "date": datetime.now(timezone.utc).date().isoformat(), **summary, "recipe": _recipe_text(recipe), "machine": cpu_description(),
         "kodak": _kodak_points(curve), "ceiling": ceiling, "top_step_gain": top_step_gain(curve), "bd": bd, "committed": committed, "export": str(export), "curve": str(curve),

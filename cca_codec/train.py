@@ -41,6 +41,7 @@ from .nn.config import ModelConfig, get_config
 from .nn.loss import CCA_VARIANTS, CCALoss, LossTerms
 from .nn.model import CCAModel
 from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
+from .precision import FAST, PRECISIONS, resolve_precision
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -48,19 +49,26 @@ LOG_FILE = "log.jsonl"
 
 @dataclass
 class TrainOptions:
+    """Every option of a run; the defaults are the recipe of the never-ending background run
+    (`ccacodec train-bg`, README "The background run"), chosen by the equal-minutes protocol
+    (benchmarks/train_protocol.py, models/cca-compact/TRAINING.md): batch 4 x 256x256, bf16
+    autocast where it is fast with channels-last tensors, Adam at a constant rate after a short
+    warm-up, and an exponential moving average of the weights for export. Such a run has no end of
+    its own: `max_minutes`, `max_cpu_minutes`, `steps` or a signal end it, its state saved."""
+
     data: str
     out: str
     config: str = "cca-compact"
     init: str | None = None
     resume: str | None = None
-    steps: int = 100_000
+    steps: int = 100_000_000
     max_minutes: float = 0.0
     max_cpu_minutes: float = 0.0
-    batch: int = 8
+    batch: int = 4
     crop: int = 256
     lr: float = 1e-4
     lr_final: float = 1e-5
-    warmup: int = 200
+    warmup: int = 100
     aux_lr: float = 1e-3
     clip: float = 1.0
     variant: str = "official"
@@ -68,17 +76,27 @@ class TrainOptions:
     checkerboard_prob: float = 0.5
     qualities: str = ""
     device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    schedule: str = "cosine"
-    ema: float = 0.0
+    precision: str = "auto"
+    channels_last: bool = True
+    schedule: str = "constant"
+    ema: float = 0.998
     seed: int = 0
-    log_every: int = 50
-    save_every: int = 500
-    save_minutes: float = 0.0
+    log_every: int = 20
+    save_every: int = 0
+    save_minutes: float = 5.0
     export: str | None = None
     export_id: str | None = None
     decay_by_time: bool = False
+
+
+def autocast_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a run trains under bf16 autocast: `bf16`, or `auto` on a GPU or on a CPU with native
+    bf16 (AMX, AVX512-BF16: 1.5-3x float32's steps per second there); `fp32` never."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return device.type == "cuda" or resolve_precision("auto", device) == FAST
+    return precision == FAST
 
 
 SCHEDULES = ("cosine", "constant")
@@ -162,6 +180,7 @@ class Trainer:
         self.o = o
         self.world = world or World(resolve_device(o.device))
         self.device = self.world.device
+        self.bf16 = autocast_bf16(o.precision, self.device)
         self.rows = self.world.shard(o.batch)
         torch.manual_seed(o.seed)
         self.qualities = DEFAULT_QUALITIES
@@ -283,7 +302,7 @@ class Trainer:
         pick = self.train_qualities[torch.randint(0, len(self.train_qualities), (o.batch,), generator=self.gen)][rows]
         checkerboard = bool(torch.rand(1, generator=self.gen) < o.checkerboard_prob) and self.net.context.spatial is not None
         dev = self.device
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=o.bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             terms = self.objective(x, self.q_values[pick].to(dev), self.q_dist[pick].to(dev), self.q_beta[pick].to(dev), checkerboard)
         self.opt.zero_grad(set_to_none=True)
         terms.loss.backward()  # under DDP, the gradients arrive averaged over the ranks
@@ -445,7 +464,7 @@ def _train(trainer: Trainer, max_steps: int | None) -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                if trainer.step % o.save_every == 0 or (o.save_minutes and seconds - last_save >= 60 * o.save_minutes):
+                if (o.save_every and trainer.step % o.save_every == 0) or (o.save_minutes and seconds - last_save >= 60 * o.save_minutes):
                     trainer.save()
                     last_save = seconds
     finally:
@@ -461,7 +480,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
         if name in ("data", "out"):
             p.add_argument(flag, required=True)
         elif isinstance(value, bool):
-            p.add_argument(flag, action="store_true")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        elif name == "precision":
+            p.add_argument(flag, choices=PRECISIONS, default=value, help="bf16 autocast, or float32; auto (default): bf16 where it is fast")
         elif name == "variant":
             p.add_argument(flag, choices=CCA_VARIANTS, default=value)
         elif name == "schedule":
@@ -470,6 +491,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
             p.add_argument(flag, type=int, default=value, help=BATCH_HELP)
         else:
             p.add_argument(flag, type=type(value) if value is not None else str, default=value)
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16")
     return TrainOptions(**vars(p.parse_args(argv)))
 
 

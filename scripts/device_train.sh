@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One training chunk on a lent GPU machine (the `device` tool's `run`), in ONE call: install the carried
-# wheels, train for MINUTES (bf16 + channels_last, batch 16 x 256x256 unless flags say otherwise), export the
+# wheels, train for MINUTES (the trainer's recipe, bf16 + channels_last, with batch 16 x 256x256, lr 2e-4 and
+# EMA 0.999 unless flags say otherwise), export the
 # EMA weights, check the export through the real codec (encode on the GPU, decode on the CPU), and put the
 # weights, the log and the check file under $OUT (files over 16 MiB split into 15 MiB parts).
 #
@@ -37,7 +38,7 @@ fi
 init_flags=(--init "$init"); [ "$init" = none ] && init_flags=()
 export PYTHONUNBUFFERED=1
 "$py" -m cca_codec.train --data "$data" --out "$run" --device "$device" "${init_flags[@]}" \
-    --batch 16 --crop 256 --bf16 --channels-last --schedule constant --lr 2e-4 --warmup 100 --ema 0.999 \
+    --batch 16 --lr 2e-4 --ema 0.999 \
     --max-minutes "$minutes" --log-every 50 --save-minutes 2 --export "$run/export" --export-id cca-compact "$@" \
     2>&1 | tee "$run/train.out" | grep -v -i warn || true
 [ -f "$run/export/model.json" ] || { echo "no export in $run/export: training failed" >&2; tail -n 20 "$run/train.out" >&2; exit 1; }

@@ -15,6 +15,7 @@ from PIL import Image
 
 from cca_codec import background as bg
 from cca_codec.ceiling import autoencoder_ceiling
+from cca_codec.train import autocast_bf16
 from cca_codec.checkpoint import load_model
 
 TINY = ["--config", "cca-tiny", "--batch", "2", "--crop", "64", "--warmup", "2", "--log-every", "1", "--save-minutes", "0.02"]
@@ -106,7 +107,8 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert isinstance(row["top_step_gain"], float)
     assert model.info["gpu_minutes"] == 0
     table = (models / "cca-compact" / "TRAINING.md").read_text()
-    assert bg.STINTS_HEADING in table and f"| b2x64 bf16 cl constant 1e-4 ema0.998 on {bg.cpu_description()} |" in table
+    bf16 = "bf16" if autocast_bf16("auto", torch.device("cpu")) else "fp32"
+    assert bg.STINTS_HEADING in table and f"| b2x64 {bf16} cl constant 1e-4 ema0.998 on {bg.cpu_description()} |" in table
     assert f"| {row['ceiling']:.2f} | {row['top_step_gain']:+.2f} |" in table
 
 
@@ -121,10 +123,16 @@ def test_stint_summary_ends_at_the_saved_state():
 
 
 def test_recipe_text_reads_flags_as_the_trainer_does():
-    assert bg._recipe_text(bg.RECIPE) == "b4x256 bf16 cl constant 1e-4 ema0.998"
-    decay = bg.RECIPE + ["--schedule", "cosine", "--lr", "8e-5", "--decay-by-time", "--max-minutes", "45"]
+    import torch
+
+    bf16 = "bf16" if autocast_bf16("auto", torch.device("cpu")) else "fp32"  # the default, as it resolves here
+    assert bg._recipe_text([]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998"
+    decay = ["--bf16", "--schedule", "cosine", "--lr", "8e-5", "--decay-by-time", "--max-minutes", "45"]  # --bf16: older runs' flag
     assert bg._recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998"
-    assert bg._recipe_text(["--batch", "8", "--lr-final", "3e-6", "--variant", "stop_gradient"]) == "b8x256 cosine 1e-4>3e-6 stop_gradient"
+    old = ["--batch", "8", "--lr", "3e-4", "--lr", "2.5e-4", "--schedule", "cosine", "--lr-final", "3e-6", "--variant", "stop_gradient",
+           "--precision", "fp32", "--no-channels-last", "--ema", "0"]
+    assert bg._recipe_text(old) == "b8x256 fp32 cosine 2.5e-4>3e-6 stop_gradient"
+    assert bg._recipe_text(["--qualities", "1,2,8,8", "--alpha", "0"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 q1,2,8,8 alpha0"
 
 
 def test_append_stint_row_keeps_one_table(tmp_path):

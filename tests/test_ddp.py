@@ -29,7 +29,7 @@ from cca_codec.train import TrainOptions, run
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 4
 COMMON = dict(config="cca-tiny", batch=BATCH, crop=64, warmup=2, schedule="constant", lr=1e-3, ema=0.9, log_every=1,
-              save_every=1000, device="cpu")
+              save_every=1000, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
