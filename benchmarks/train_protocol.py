@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cca_codec.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, train_root, trainer_environment
 from cca_codec.bdrate import bd_rate, load_curve
@@ -99,6 +100,8 @@ def slice_bit_shares(model_dir: Path, images: list[Path], quality: float = SHARE
     with torch.no_grad():
         for path in images:
             rgb = torch.from_numpy(load_image(path).rgb).permute(2, 0, 1)[None].float() / 255
+            h, w = rgb.shape[-2:]
+            rgb = F.pad(rgb, (0, -w % net.alignment, 0, -h % net.alignment), mode="replicate")
             out = net(rgb, torch.tensor([quality]), checkerboard=True)
             for i, lk in enumerate(out["likelihoods"]["y"].split(sizes, dim=1)):
                 totals[i] += bits(lk).item()
@@ -140,9 +143,10 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
     wall = time.time() - start
     state = torch.load(out / "run" / "state.pt", map_location="cpu", weights_only=False)
     measured = subprocess.run(
-        [sys.executable, __file__, "_measure", str(out / "model"), *map(str, images)], check=True, capture_output=True, text=True,
-        env=env, cwd=REPO,
+        [sys.executable, __file__, "_measure", str(out / "model"), *map(str, images)], capture_output=True, text=True, env=env, cwd=REPO
     )
+    if measured.returncode:
+        raise RuntimeError(f"{name}: measuring {out / 'model'} failed:\n{measured.stderr[-3000:]}")
     row = {
         "candidate": name, "change": candidate.describe(), "pack": str(pack), "threads": a.threads, "steps": state["step"],
         "cpu_minutes": round(state["cpu_seconds"] / 60, 2), "wall_minutes": round(wall / 60, 1),

@@ -1,0 +1,47 @@
+"""The equal-minutes protocol (benchmarks/train_protocol.py) end to end on a tiny model: two
+candidates side by side on equal CPU budgets, measured through the codec, tabulated."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import write_image, write_photos
+
+from cca_codec.checkpoint import in_memory_model, save_model_dir
+from cca_codec.data import build_pack
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_protocol.py"
+
+
+def test_two_candidates_on_equal_cpu_budgets(tmp_path):
+    init = save_model_dir(in_memory_model("cca-tiny", model_id="seed"), tmp_path / "seed", dtype=torch.float32)
+    pack = tmp_path / "pack"
+    build_pack(write_photos(tmp_path / "photos", 3, (290, 300), seed=4), pack, val_fraction=0.0)
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    for name in ("kodim01", "kodim02"):
+        write_image(kodak, 64, 96, name=f"{name}.png")
+    out = tmp_path / "out"
+    args = [sys.executable, str(SCRIPT), "--init", str(init), "--data", str(pack), "--kodak", str(kodak), "--images", "kodim01,kodim02",
+            "--candidates", "baseline,lr3e-4", "--cpu-minutes", "0.02", "--jobs", "2", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "protocol.json").read_text())
+    assert [r["candidate"] for r in rows] == ["baseline", "lr3e-4"]
+    for row in rows:
+        assert row["steps"] >= 1 and row["cpu_minutes"] >= 0.02  # the budget counts the process CPU time
+        assert row["qualities"] == [2.0, 4.0, 6.0, 8.0] and len(row["bpp"]) == len(row["psnr"]) == 4
+        assert row["last_step_gain"] == round(row["psnr"][-1] - row["psnr"][-2], 3)
+        assert abs(sum(row["slice_bit_shares"]) - 1) < 1e-3 and isinstance(row["ceiling"], float)
+        trained = torch.load(out / row["candidate"] / "run" / "state.pt", map_location="cpu", weights_only=False)
+        assert trained["step"] == row["steps"]
+    assert rows[0]["bd_first"] == 0.0
+    assert trained["options"]["lr"] == 3e-4 and (out / "lr3e-4" / "model" / "model.json").exists()
+    table = done.stdout
+    assert "| baseline |" in table and "| lr3e-4 |" in table and "ceiling dB" in table
+
+    collected = subprocess.run([sys.executable, str(SCRIPT), "--init", str(init), "--collect", str(out / "lr3e-4"), str(out / "baseline")],
+                               capture_output=True, text=True, timeout=120, check=True)
+    assert "vs lr3e-4" in collected.stdout and collected.stdout.index("| lr3e-4 |") < collected.stdout.index("| baseline |")
