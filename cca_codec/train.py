@@ -480,17 +480,17 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
         if name in ("data", "out"):
             p.add_argument(flag, required=True)
         elif isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help="default: %(default)s")
         elif name == "precision":
             p.add_argument(flag, choices=PRECISIONS, default=value, help="bf16 autocast, or float32; auto (default): bf16 where it is fast")
         elif name == "variant":
-            p.add_argument(flag, choices=CCA_VARIANTS, default=value)
+            p.add_argument(flag, choices=CCA_VARIANTS, default=value, help="default: %(default)s")
         elif name == "schedule":
-            p.add_argument(flag, choices=SCHEDULES, default=value)
+            p.add_argument(flag, choices=SCHEDULES, default=value, help="default: %(default)s")
         elif name == "batch":
             p.add_argument(flag, type=int, default=value, help=BATCH_HELP)
         else:
-            p.add_argument(flag, type=type(value) if value is not None else str, default=value)
+            p.add_argument(flag, type=type(value) if value is not None else str, default=value, help="default: %(default)s")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16")
     return TrainOptions(**vars(p.parse_args(argv)))
 
