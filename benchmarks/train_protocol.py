@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cca_codec.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, train_root, trainer_environment
-from cca_codec.bdrate import bd_rate, load_curve
+from cca_codec.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, bd_rates_of, train_root, trainer_environment
+from cca_codec.bdrate import load_curve
 from cca_codec.ceiling import autoencoder_ceiling
 from cca_codec.checkpoint import load_model, resolve_model_dir
 from cca_codec.evaluate import evaluate
@@ -166,11 +166,7 @@ def add_bd_rates(rows: list[dict], init: Path) -> None:
             _, bpp, db = load_curve(path)
             references[key] = (bpp, db)
     for row in rows:
-        for key, (rb, rp) in references.items():
-            try:
-                row[f"bd_{key}"] = round(bd_rate(rb, rp, row["bpp"], row["psnr"]), 2)
-            except ValueError:
-                row[f"bd_{key}"] = None
+        row.update({f"bd_{key}": v for key, v in bd_rates_of(row["bpp"], row["psnr"], references).items()})
 
 
 def markdown(rows: list[dict]) -> str:

@@ -432,12 +432,19 @@ def kodak_check(model_dir: Path, kodak: Path, out: Path, limit: int | None = Non
 
 def bd_rates(curve: Path, references: dict[str, Path]) -> dict[str, float | None]:
     """BD-rate (%) of `curve` against each named reference curve file (None where they do not overlap)."""
-    from .bdrate import bd_rate, load_curve
+    from .bdrate import load_curve
 
     _, bpp, psnr = load_curve(curve)
+    return bd_rates_of(bpp, psnr, {name: load_curve(path)[1:] for name, path in references.items()})
+
+
+def bd_rates_of(bpp: list[float], psnr: list[float], references: dict[str, tuple[list[float], list[float]]]) -> dict[str, float | None]:
+    """BD-rate (%) of the curve (bpp, psnr) against each named reference (bpp, psnr) curve, rounded
+    to 0.01 (None where they do not overlap)."""
+    from .bdrate import bd_rate
+
     out: dict[str, float | None] = {}
-    for name, path in references.items():
-        _, rb, rp = load_curve(path)
+    for name, (rb, rp) in references.items():
         try:
             out[name] = round(bd_rate(rb, rp, bpp, psnr), 2)
         except ValueError:
