@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cca_codec.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, bd_rates_of, train_root, trainer_environment
 from cca_codec.bdrate import load_curve
@@ -100,9 +99,7 @@ def slice_bit_shares(model_dir: Path, images: list[Path], quality: float = SHARE
     with torch.no_grad():
         for path in images:
             rgb = torch.from_numpy(load_image(path).rgb).permute(2, 0, 1)[None].float() / 255
-            h, w = rgb.shape[-2:]
-            rgb = F.pad(rgb, (0, -w % net.alignment, 0, -h % net.alignment), mode="replicate")
-            out = net(rgb, torch.tensor([quality]), checkerboard=True)
+            out = net(net.pad_to_alignment(rgb), torch.tensor([quality]), checkerboard=True)
             for i, lk in enumerate(out["likelihoods"]["y"].split(sizes, dim=1)):
                 totals[i] += bits(lk).item()
     return [round(float(t / totals.sum()), 4) for t in totals]

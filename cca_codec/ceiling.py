@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import LoadedModel, load_model
 from .errors import CodecError
@@ -37,8 +36,7 @@ def reconstruct_unquantized(model: LoadedModel, rgb: np.ndarray, quality: float)
     net = chosen.net.float().eval()
     h, w = rgb.shape[:2]
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
-    align = net.alignment
-    x = F.pad(x, (0, (-w) % align, 0, (-h) % align), mode="replicate")
+    x = net.pad_to_alignment(x)
     g_y, g_y_inv, _, _ = net.gains(torch.tensor([float(chosen.gain_quality)]))
     x_hat = net.g_s(net.g_a(x) * g_y * g_y_inv)[0, :, :h, :w].clamp(0, 1)
     return x_hat.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()

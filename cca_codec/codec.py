@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoint import LoadedModel, QualityNetwork, load_model
@@ -232,13 +231,6 @@ def decode_tile(
             return net.g_s(y_in).contiguous().clamp_(0, 1)
 
 
-def _pad(x: Tensor, align: int) -> Tensor:
-    """Replicate-pad (1, 3, H, W) at the bottom and right to multiples of `align`."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % align, (-w) % align
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
 def _to_tensor(rgb: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
 
@@ -290,7 +282,7 @@ def encode_image(
     tiles = []
     for index in range(layout.count):
         region = layout.extent(index)
-        x = _pad(_to_tensor(image.rgb[region]), align)
+        x = CCAModel.pad_to_alignment(_to_tensor(image.rgb[region]))
         stream, crc = encode_tile(c, x, chosen.gain_quality, mode == "checkerboard", timer)
         tiles.append(TilePayload(index, crc, stream))
     header = Header(

@@ -99,6 +99,14 @@ class CCAModel(nn.Module):
 
     alignment = 64  # H and W must be multiples of this (y at /16, z at /64)
 
+    @classmethod
+    def pad_to_alignment(cls, x: Tensor) -> Tensor:
+        """Replicate-pad images (N, C, H, W) at the bottom and right so that H and W are multiples of
+        :attr:`alignment` (unchanged when they are); crop the network's output back to (H, W)."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % cls.alignment, (-w) % cls.alignment
+        return nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
     def hyper_parameters(self, z_hat: Tensor, z_inv_gain: Tensor) -> tuple[Tensor, Tensor]:
         """Latent means and scales (B, M, h, w) from the dequantised z_hat (B, Z, h/4, w/4)."""
         z = z_hat * z_inv_gain
