@@ -102,6 +102,21 @@ def test_ms_ssim_average_skips_undefined_images(tmp_path, model):
     assert result["results"]["ms-ssim-rgb"] == [pytest.approx(value)]
 
 
+def test_ssimulacra2_is_finite_for_normal_images(run):
+    _, _, results = run
+    for result in results.values():
+        records = list(result["per_image"].values())
+        for record in records:
+            assert all(math.isfinite(v) and v < 100.0 for v in record["ssimulacra2"])
+        assert result["results"]["ssimulacra2"] == pytest.approx(np.mean([r["ssimulacra2"] for r in records], axis=0).tolist())
+
+
+def test_ssimulacra2_is_none_below_8_pixels():
+    tiny = textured(7, 40, seed=5)
+    assert ev._ssimulacra2(tiny, tiny) is None
+    assert ev._ssimulacra2(textured(8, 40, seed=5), textured(8, 40, seed=6)) < 100.0
+
+
 def test_bd_table_against_synthetic_anchors(run, tmp_path):
     _, _, results = run
     ours = results["grouped"]["results"]
@@ -200,6 +215,7 @@ def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
         record = data["per_image"]["a.png"]
         assert record["bpp"] == pytest.approx([8 * n / (64 * 80) for n in record["file_bytes"]])
         assert r["psnr-rgb"][-1] > r["psnr-rgb"][0]  # the sweep goes from low to high quality
+        assert all(math.isfinite(v) for v in r["ssimulacra2"]) and r["ssimulacra2"][-1] > r["ssimulacra2"][0]
     bd = json.loads((out / ev.BD_FILE).read_text())
     assert [(row["curve"], row["anchor"], row["anchor_file"]) for row in bd["rows"]] == [
         (ours["name"], "jpeg-444-pillow", None), (ours["name"], "webp-pillow", None)
