@@ -77,6 +77,12 @@ class ClassicalCodec(ABC):
     """The sweep, in the order the curve lists it."""
     bench_quality: float
     """The setting used by ``ccacodec bench``."""
+    setting_name: str
+    """The setting in one word, as a report names it ('quality', 'distance')."""
+    span: tuple[float, float]
+    """The settings at the lowest and at the highest rate: the range ``ccacodec compare`` matches sizes over."""
+    integer: bool
+    """Whether the setting takes whole numbers only."""
 
     def missing(self) -> str | None:
         """Why this codec cannot run here (one line), or None when it can."""
@@ -121,10 +127,11 @@ class PillowCodec(ClassicalCodec):
 
     def __init__(
         self, *, key: str, name: str, pil_format: str, feature: str, suffix: str, options: Callable[[float], dict],
-        setting: str, qualities: Sequence[float], bench_quality: float,
+        setting: str, qualities: Sequence[float], bench_quality: float, span: tuple[float, float], integer: bool,
     ) -> None:
         self.key, self.name, self.suffix, self.setting = key, name, suffix, setting
         self.qualities, self.bench_quality = tuple(qualities), bench_quality
+        self.setting_name, self.span, self.integer = setting.split()[0].strip(","), span, integer
         self._format, self._feature, self._options = pil_format, feature, options
 
     def missing(self) -> str | None:
@@ -156,9 +163,11 @@ class ExternalCodec(ClassicalCodec):
         encoder: str, encode_args: Callable[[float, Path, Path], list[str]],
         decoders: Sequence[str], decode_args: Callable[[Path, Path], list[str]],
         version_args: Sequence[str], setting: str, qualities: Sequence[float], bench_quality: float,
+        span: tuple[float, float], integer: bool,
     ) -> None:
         self.key, self.name, self.suffix, self.setting = key, name, suffix, setting
         self.qualities, self.bench_quality = tuple(qualities), bench_quality
+        self.setting_name, self.span, self.integer = setting.split()[0].strip(","), span, integer
         self._encoder, self._decoders, self._package = encoder, tuple(decoders), package
         self._encode_args, self._decode_args, self._version_args = encode_args, decode_args, tuple(version_args)
 
@@ -218,6 +227,7 @@ def _pillow_jpeg(key: str, name: str, subsampling: int) -> PillowCodec:
         key=key, name=name, pil_format="JPEG", feature="jpg", suffix=".jpg",
         options=lambda q: {"quality": int(q), "subsampling": subsampling},
         setting="quality 1-95", qualities=(5, 10, 20, 30, 40, 50, 60, 70, 80, 90), bench_quality=75,
+        span=(1, 100), integer=True,
     )
 
 
@@ -234,18 +244,19 @@ CODECS: dict[str, ClassicalCodec] = {
         PillowCodec(
             key="webp", name="webp-pillow", pil_format="WEBP", feature="webp", suffix=".webp",
             options=lambda q: {"quality": q},
-            setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75,
+            setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75, span=(0, 100), integer=False,
         ),
         PillowCodec(
             key="avifpil", name="avif-pillow", pil_format="AVIF", feature="avif", suffix=".avif",
             options=lambda q: {"quality": int(q)},
             setting="quality 0-100", qualities=(10, 20, 30, 40, 50, 60, 70, 80, 90), bench_quality=60,
+            span=(0, 100), integer=True,
         ),
         ExternalCodec(
             key="cwebp", name="webp-cwebp", suffix=".webp", package="webp",
             encoder="cwebp", encode_args=lambda q, src, dst: ["-quiet", "-q", _q(q), str(src), "-o", str(dst)],
             decoders=("dwebp",), decode_args=lambda src, dst: ["-quiet", str(src), "-o", str(dst)],
-            version_args=("-version",), setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75,
+            version_args=("-version",), setting="quality 0-100", qualities=WEBP_QUALITIES, bench_quality=75, span=(0, 100), integer=False,
         ),
         ExternalCodec(
             key="avif", name="avif-avifenc", suffix=".avif", package="libavif-bin",
@@ -253,19 +264,22 @@ CODECS: dict[str, ClassicalCodec] = {
             decoders=("avifdec",), decode_args=lambda src, dst: ["--depth", "8", str(src), str(dst)],
             version_args=("--version",), setting="quantizer 0-63 (lower is better)",
             qualities=(60, 54, 48, 42, 36, 30, 24, 18), bench_quality=30,
+            span=(63, 0), integer=True,
         ),
         ExternalCodec(
             key="jxl", name="jxl-cjxl", suffix=".jxl", package="libjxl-tools",
             encoder="cjxl", encode_args=lambda q, src, dst: [str(src), str(dst), "--distance", _q(q), "--quiet"],
             decoders=("djxl",), decode_args=lambda src, dst: [str(src), str(dst), "--bits_per_sample=8", "--quiet"],
-            version_args=("--version",), setting="Butteraugli distance (lower is better)",
+            version_args=("--version",), setting="distance, Butteraugli (lower is better)",
             qualities=(18, 12, 8, 5.5, 3.8, 2.6, 1.8, 1.2, 0.8), bench_quality=1.0,
+            span=(25, 0.05), integer=False,
         ),
         ExternalCodec(
             key="heic", name="heic-x265-heif-enc", suffix=".heic", package="libheif-examples",
             encoder="heif-enc", encode_args=lambda q, src, dst: ["--quality", _q(q), str(src), "-o", str(dst)],
             decoders=("heif-dec", "heif-convert"), decode_args=lambda src, dst: [str(src), str(dst)],
             version_args=("--help",), setting="quality 0-100", qualities=(5, 15, 25, 35, 45, 55, 65), bench_quality=50,
+            span=(0, 100), integer=True,
         ),
     )
 }

@@ -3,7 +3,7 @@
     python -m cca_codec.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
         --context grouped,checkerboard --device cpu --limit N --out OUTDIR \\
         --compare jpeg,jpeg420,webp,avif,jxl,heic \\
-        --anchor FILE [--anchor FILE ...] [--plot rd.png]
+        --anchor FILE [--anchor FILE ...] [--plot rd.png] [--html report.html]
 
 Every image of DIR (sorted by name; the first N with --limit) is encoded at every quality
 and context mode into a `.cca` file, which is read back and decoded. Per image:
@@ -27,11 +27,13 @@ With --compare, classical codecs (cca_codec.classical) code the same images over
 quality sweeps, measured the same way (no payload-only bpp): one more JSON file per codec.
 A codec whose tools are not installed is skipped with a one-line message. BD-rates of our
 curves against every compared codec and every anchor are printed and written to
-OUTDIR/bd-rate.json; the plot shows all the curves.
+OUTDIR/bd-rate.json; the plot shows all the curves. --html writes all of it as one self-contained
+page (:func:`write_html_report`), with 1:1 crops of the first image as each curve codes it.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -39,9 +41,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from PIL import Image
 from tqdm import tqdm
 
 from . import __version__
@@ -53,11 +56,11 @@ from .container import container_overhead, read_container
 from .errors import CodecError, UsageError
 from .fileio import atomic_write
 from .imageio import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
-from .metrics import SSIMULACRA2_MIN_SIDE, bits_per_pixel, psnr, ssimulacra2
+from .metrics import MS_SSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bits_per_pixel, fidelity
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-MS_SSIM_MIN_SIDE = 161
-"""Smallest image side (pixels) for which MS-SSIM (5 scales, 11-tap window) is defined."""
 
 RESULT_KEYS = (
     "quality", "bpp", "bpp-payload", "psnr-rgb", "ms-ssim-rgb", "ssimulacra2", "encoding_time", "decoding_time",
@@ -78,25 +81,6 @@ def output_rgb(decoded: DecodedImage) -> np.ndarray:
     if decoded.color_mode == "gray":
         return np.repeat(decoded.rgb[..., :1], 3, axis=2)
     return decoded.rgb
-
-
-def _ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float | None:
-    """MS-SSIM of two (H, W, 3) uint8 images on [0, 255] data; None below 161 pixels a side."""
-    if min(reference.shape[:2]) < MS_SSIM_MIN_SIDE:
-        return None
-    from pytorch_msssim import ms_ssim  # the optional "eval" extra, needed only from here on
-
-    def as_tensor(rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(torch.float32)
-
-    return float(ms_ssim(as_tensor(reference), as_tensor(decoded), data_range=255.0))
-
-
-def _ssimulacra2(reference: np.ndarray, decoded: np.ndarray) -> float | None:
-    """SSIMULACRA2 of two (H, W, 3) uint8 images; None below 8 pixels a side."""
-    if min(reference.shape[:2]) < SSIMULACRA2_MIN_SIDE:
-        return None
-    return ssimulacra2(reference, decoded)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -222,9 +206,10 @@ def _record_round(record: dict, image: SourceImage, file_bytes: int, output: np.
     """Append the measures every codec shares (file size, bpp, PSNR, MS-SSIM, SSIMULACRA2, times) to ``record``."""
     record["file_bytes"].append(file_bytes)
     record["bpp"].append(bits_per_pixel(file_bytes, image.width, image.height))
-    record["psnr-rgb"].append(psnr(image.rgb, output))
-    record["ms-ssim-rgb"].append(_ms_ssim(image.rgb, output))
-    record["ssimulacra2"].append(_ssimulacra2(image.rgb, output))
+    measured = fidelity(image.rgb, output)
+    record["psnr-rgb"].append(measured.psnr)
+    record["ms-ssim-rgb"].append(measured.ms_ssim)
+    record["ssimulacra2"].append(measured.ssimulacra2)
     record["encoding_time"].append(encoding_time)
     record["decoding_time"].append(decoding_time)
 
@@ -415,12 +400,23 @@ def bd_table(results: dict[str, dict], anchor_paths: Sequence[Path], compared: d
 
 
 def plot_rd(results: dict[str, dict], anchor_paths: Sequence[Path], path: Path, compared: dict[str, dict] | None = None) -> None:
-    """Save a rate-distortion plot (PNG, or any format matplotlib infers from ``path``).
+    """Save the rate-distortion plot of :func:`rd_figure` (PNG, or any format matplotlib infers from ``path``)."""
+    fig = rd_figure(results, anchor_paths, compared)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
 
-    x = bpp, y = PSNR-RGB (dB); our curves solid with markers, compared codecs dash-dotted,
-    anchors dashed. The view spans our bitrates (the others clipped to it) so that our
-    curves are not squeezed.
-    """
+
+def rd_svg(results: dict[str, dict], anchor_paths: Sequence[Path], compared: dict[str, dict] | None = None) -> str:
+    """The rate-distortion plot of :func:`rd_figure` as an SVG document."""
+    buffer = io.StringIO()
+    rd_figure(results, anchor_paths, compared).savefig(buffer, format="svg")
+    return buffer.getvalue()
+
+
+def rd_figure(results: dict[str, dict], anchor_paths: Sequence[Path], compared: dict[str, dict] | None = None) -> Figure:
+    """A rate-distortion plot: x = bpp, y = PSNR-RGB (dB); our curves solid with markers, compared
+    codecs dash-dotted, anchors dashed. The view spans our bitrates (the others clipped to it) so
+    that our curves are not squeezed."""
     from matplotlib.figure import Figure  # the optional "eval" extra; Figure draws with Agg, no pyplot state
 
     fig = Figure(figsize=(8, 6), dpi=120)
@@ -452,8 +448,7 @@ def plot_rd(results: dict[str, dict], anchor_paths: Sequence[Path], path: Path, 
     ax.grid(True, alpha=0.4)
     ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    return fig
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -489,6 +484,98 @@ def markdown_bd_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+STRIP_SIDE = 256
+"""Side in pixels of the 1:1 crops in the eval page's strip."""
+
+
+def write_html_report(
+    path: Path,
+    results: dict[str, dict],
+    anchor_paths: Sequence[Path],
+    compared: dict[str, dict],
+    codecs: Sequence[classical.ClassicalCodec],
+    image_path: Path,
+    model: LoadedModel,
+    device: str = "cpu",
+) -> Path:
+    """The dataset report as one self-contained HTML file (``eval --html``).
+
+    It holds the RD plot of every curve and anchor (inline SVG), the per-quality table of our curves
+    and the compared codecs, the BD-rate table (when there is anything to compare with), and a strip
+    of 1:1 crops of ``image_path`` (one of the evaluated images) as each curve codes it at a middle
+    rate: ours at the middle quality, each compared codec at the setting of its sweep whose bpp on that
+    image is closest to ours. The crop is where those decodings differ most.
+    """
+    from .compare import differing_regions
+    from .report import StripPicture, html_table, write_eval_page
+
+    image, name = load_image(image_path), Path(image_path).name
+    first = next(iter(results.values()))
+    middle = len(first["results"]["quality"]) // 2
+    our_bpp = first["per_image"][name]["bpp"][middle]
+    coded: list[tuple[str, str, float, float, np.ndarray]] = []
+    for context, result in results.items():
+        q = result["results"]["quality"][middle]
+        data = encode_image(image, model, quality=q, context=context, device=device)
+        per = result["per_image"][name]
+        coded.append((result["name"], f"quality {q:g}", per["bpp"][middle], per["psnr-rgb"][middle], output_rgb(decode_image(data, model, device=device))))
+    with tempfile.TemporaryDirectory(prefix="cca-eval-html-") as tmp:
+        source = classical.write_source_png(image.rgb, Path(tmp) / "source.png")
+        for codec in codecs:
+            if codec.key not in compared:
+                continue
+            per = compared[codec.key]["per_image"][name]
+            j = int(np.argmin([abs(b - our_bpp) for b in per["bpp"]]))
+            setting = codec.qualities[j]
+            try:
+                rgb = codec.run(source, setting, Path(tmp) / f"strip{codec.suffix}").rgb
+            except classical.ToolFailure as exc:
+                _say(f"strip: {codec.key} skipped: {exc}")
+                continue
+            coded.append((codec.name, f"{codec.setting_name} {setting:g}", per["bpp"][j], per["psnr-rgb"][j], rgb))
+    side = min(STRIP_SIDE, image.width, image.height)
+    (left, top, side), _ = differing_regions(image.rgb, [c[4] for c in coded], 1, side)[0]
+
+    def png(rgb: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgb[top : top + side, left : left + side])).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    strip = [StripPicture("original", "", None, None, png(image.rgb))]
+    strip += [StripPicture(label, setting, bpp, psnr_db, png(rgb)) for label, setting, bpp, psnr_db, rgb in coded]
+    rd_rows = []
+    for key, result in {**results, **compared}.items():
+        r = result["results"]
+        for i, q in enumerate(r["quality"]):
+            payload = r.get("bpp-payload", [None] * len(r["quality"]))[i]
+            rd_rows.append([
+                result["name"], f"{q:g}", _fmt(r["bpp"][i], 4), _fmt(payload, 4), _fmt(r["psnr-rgb"][i], 2),
+                _fmt(r["ms-ssim-rgb"][i], 4), _fmt(r["ssimulacra2"][i], 2), _fmt(r["encoding_time"][i], 3),
+                _fmt(r["decoding_time"][i], 3),
+            ])
+    tables = [("Per quality (means over the images)", html_table(
+        ["curve", "quality", "bpp", "payload bpp", "PSNR-RGB (dB)", "MS-SSIM", "SSIMULACRA2", "enc (s)", "dec (s)"], rd_rows
+    ))]
+    if anchor_paths or compared:
+        bd_rows = [
+            [row["curve"], row["anchor"], "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}",
+             "n/a" if row["bd_psnr"] is None else f"{row['bd_psnr']:+.3f}", row["note"] or ""]
+            for row in bd_table(results, anchor_paths, compared)
+        ]
+        tables.append(("BD-rate (negative: ours needs fewer bits)", html_table(
+            ["curve", "against", "BD-rate (%)", "BD-PSNR (dB)", "note"], bd_rows
+        )))
+    images = len(first["per_image"])
+    description = (
+        f"ccacodec {__version__}, model {model.model_id} (weights sha256 {model.weights_sha256.hex()[:12]}), "
+        f"{images} image{'s' if images != 1 else ''}, device {device}. {_MEASURES}"
+    )
+    return write_eval_page(
+        path, f"ccacodec eval: {model.model_id}", description, rd_svg(results, anchor_paths, compared), tables,
+        f"{name} at a middle rate, 1:1 crops ({side}x{side} px at ({left}, {top}), where the decodings differ most)", strip,
+    )
+
+
 def find_images(directory: Path, limit: int | None = None) -> list[Path]:
     """Image files directly in ``directory`` (by suffix, sorted by name), the first ``limit``."""
     if not directory.is_dir():
@@ -518,6 +605,10 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     )
     p.add_argument("--anchor", type=Path, action="extend", nargs="+", default=[], metavar="FILE", help="anchor results JSON (repeatable)")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write an RD plot here")
+    p.add_argument(
+        "--html", type=Path, default=None, metavar="FILE",
+        help="write the report as one self-contained HTML page: plot, tables, crops of the first image at a middle rate",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="keep the .cca files here (default: a temporary folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = p.parse_args(argv)
@@ -562,6 +653,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.eva
         if args.plot is not None:
             plot_rd(results, args.anchor, args.plot, compared)
             written.append(args.plot)
+        if args.html is not None:
+            written.append(write_html_report(args.html, results, args.anchor, compared, codecs, images[0], model, device=args.device))
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -2,7 +2,8 @@
 
     python -m cca_codec.metrics ORIGINAL DECODED [--cca FILE]
 
-PSNR is computed on 8-bit RGB with MAX = 255; bpp = 8 * file bytes / (W * H) of the original.
+PSNR is computed on 8-bit RGB with MAX = 255; bpp = 8 * file bytes / (W * H) of the original;
+MS-SSIM on RGB with data range 255 (pytorch_msssim, of the optional "eval" extra).
 SSIMULACRA2 (:func:`ssimulacra2`) is a perceptual score, 100 for identical images, about 90 for
 visually lossless, 70 high, 50 medium, 30 low quality, unbounded below.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -22,6 +24,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+MS_SSIM_MIN_SIDE = 161
+"""Smallest image side (pixels) for which MS-SSIM (5 scales, 11-tap window) is defined."""
+
+
+def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float | None:
+    """MS-SSIM of two (H, W, 3) uint8 images on [0, 255] data; None below MS_SSIM_MIN_SIDE pixels a side."""
+    if min(reference.shape[:2]) < MS_SSIM_MIN_SIDE:
+        return None
+    import torch
+    from pytorch_msssim import ms_ssim as _pytorch_ms_ssim  # the optional "eval" extra, needed only from here on
+
+    def as_tensor(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]  # a writable copy
+
+    return float(_pytorch_ms_ssim(as_tensor(reference), as_tensor(decoded), data_range=255.0))
 
 
 def bits_per_pixel(num_bytes: int, width: int, height: int) -> float:
@@ -193,6 +212,22 @@ def ssimulacra2(reference: np.ndarray, distorted: np.ndarray) -> float:
     total = 0.9562382616834844 * float(_SSIMULACRA2_WEIGHTS[: pooled.size] @ np.abs(pooled))
     total = 2.326765642916932 * total - 0.020884521182843837 * total**2 + 6.248496625763138e-05 * total**3
     return 100.0 - 10.0 * total**0.6276336467831387 if total > 0 else 100.0
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How close a decoding is to its original: PSNR-RGB in dB, MS-SSIM (None under
+    MS_SSIM_MIN_SIDE pixels a side) and SSIMULACRA2 (None under SSIMULACRA2_MIN_SIDE)."""
+
+    psnr: float
+    ms_ssim: float | None
+    ssimulacra2: float | None
+
+
+def fidelity(reference: np.ndarray, decoded: np.ndarray) -> Fidelity:
+    """Every fidelity measure of ``decoded`` against ``reference``, (H, W, 3) uint8 arrays of one shape."""
+    score = ssimulacra2(reference, decoded) if min(reference.shape[:2]) >= SSIMULACRA2_MIN_SIDE else None
+    return Fidelity(psnr(reference, decoded), ms_ssim(reference, decoded), score)
 
 
 def _rgb(path: str) -> np.ndarray:

@@ -1,6 +1,9 @@
 """Rate-distortion evaluation on tiny generated images with a random tiny model."""
+import base64
+import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,12 +114,6 @@ def test_ssimulacra2_is_finite_for_normal_images(run):
         assert result["results"]["ssimulacra2"] == pytest.approx(np.mean([r["ssimulacra2"] for r in records], axis=0).tolist())
 
 
-def test_ssimulacra2_is_none_below_8_pixels():
-    tiny = textured(7, 40, seed=5)
-    assert ev._ssimulacra2(tiny, tiny) is None
-    assert ev._ssimulacra2(textured(8, 40, seed=5), textured(8, 40, seed=6)) < 100.0
-
-
 def test_bd_table_against_synthetic_anchors(run, tmp_path):
     _, _, results = run
     ours = results["grouped"]["results"]
@@ -224,6 +221,29 @@ def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
     assert (tmp_path / "rd.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_html_report_is_one_page_with_plot_tables_and_strip(models_env, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_png(folder, "a.png", 64, 80, seed=1)
+    write_png(folder, "b.png", 48, 48, seed=2)
+    page = tmp_path / "report.html"
+    ev.main([
+        str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped,checkerboard",
+        "--compare", "jpeg", "--out", str(tmp_path / "out"), "--html", str(page), "--no-progress",
+    ])
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<?xml" not in text
+    assert "ccacodec-test-tiny-grouped" in text and "jpeg-444-pillow" in text and "BD-rate" in text
+    pictures = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]+)"', text)
+    assert [alt for _, alt in pictures] == [
+        "original", "ccacodec-test-tiny-grouped", "ccacodec-test-tiny-checkerboard", "jpeg-444-pillow"
+    ]
+    sizes = {Image.open(io.BytesIO(base64.b64decode(data))).size for data, _ in pictures}
+    assert sizes == {(64, 64)}  # 1:1 crops of a.png (its short side)
+    assert "quality 3:" in text  # ours at the middle quality
+    assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing from the network
+
+
 def test_compare_reports_a_missing_tool_and_runs_the_others(models_env, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -261,7 +281,7 @@ def test_a_failing_codec_is_dropped(tmp_path):
     jpeg = classical.CODECS["jpeg"]
     broken = Broken(
         key="broken", name="broken-codec", pil_format="JPEG", feature="jpg", suffix=".jpg", options=lambda q: {},
-        setting="quality", qualities=(1, 2, 3), bench_quality=2,
+        setting="quality", qualities=(1, 2, 3), bench_quality=2, span=(1, 3), integer=True,
     )
     image = write_png(tmp_path, "a.png", 32, 32)
     messages: list[str] = []

@@ -108,3 +108,15 @@ def test_metrics_cli_prints_ssimulacra2(tmp_path: Path, capsys):
     Image.fromarray(jpeg(image, 50)).save(tmp_path / "b.png")
     metrics.main([str(tmp_path / "a.png"), str(tmp_path / "b.png")])
     assert "SSIMULACRA2 " in capsys.readouterr().out
+
+
+def test_fidelity_leaves_out_what_the_size_does_not_define():
+    tiny = photo_like(7, 40, seed=5)
+    measured = metrics.fidelity(tiny, tiny)
+    assert measured.psnr == float("inf") and measured.ms_ssim is None and measured.ssimulacra2 is None
+    small = metrics.fidelity(photo_like(8, 40, seed=5), photo_like(8, 40, seed=6))
+    assert small.ms_ssim is None and small.ssimulacra2 < 100.0
+    big, coded = photo_like(170, 180, seed=1), jpeg(photo_like(170, 180, seed=1), 30)
+    measured = metrics.fidelity(big, coded)
+    assert measured.psnr == metrics.psnr(big, coded) and measured.ssimulacra2 == ssimulacra2(big, coded)
+    assert 0 < measured.ms_ssim < 1

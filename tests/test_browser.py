@@ -1,0 +1,133 @@
+"""The report pages in a real browser: headless Chromium, driven by Selenium through chromedriver.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them when it runs as root);
+where they are missing the tests are skipped with that reason. Each page is opened from disk (no
+server, no network): every image must have loaded, the compare page's slider and menus must change
+what is shown, and a screenshot must not be blank.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cca_codec import classical
+from cca_codec import compare as cmp
+from cca_codec import evaluate as ev
+from cca_codec.checkpoint import in_memory_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def photo(path: Path, height: int, width: int, seed: int) -> Path:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    rgb = np.stack([xx * 1.2, yy * 1.7, 128 + 80 * np.sin(xx / 6) * np.cos(yy / 9)], -1)
+    rgb += np.random.default_rng(seed).normal(0, 8, rgb.shape)
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    return in_memory_model("cca-tiny", model_id="browser-tiny")
+
+
+def open_page(driver, path: Path) -> None:
+    driver.get(path.resolve().as_uri())
+    assert driver.execute_script("return document.readyState") == "complete"
+
+
+def images_on_page(driver) -> list[tuple[str, bool, int]]:
+    return driver.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src').slice(0, 60), i.complete, i.naturalWidth]);"
+    )
+
+
+def not_blank(png: bytes) -> bool:
+    """A screenshot shows something: many colours, and not one flat field."""
+    with Image.open(io.BytesIO(png)) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50 and float(rgb.std()) > 10
+
+
+def test_compare_page_loads_and_its_slider_and_menus_work(browser, tmp_path, model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    image = photo(tmp_path / "a.png", 120, 176, seed=1)
+    codecs = classical.resolve(["jpeg", "webp"])
+    [report] = cmp.compare_images([image], tmp_path / "report", model, codecs, quality=2, device="cpu")
+    open_page(browser, tmp_path / "report" / "index.html")
+    loaded = images_on_page(browser)
+    assert len(loaded) == 2 + 2 * len(report.regions) * 4  # the viewer's two, and 4 versions x (1:1 + zoom) per region
+    assert all(complete and width > 0 for _, complete, width in loaded), loaded
+
+    viewer = browser.find_element(By.CSS_SELECTOR, "[data-viewer]")
+    over = viewer.find_element(By.CSS_SELECTOR, "img.over")
+    stage = viewer.find_element(By.CSS_SELECTOR, ".stage")
+    clip = lambda: browser.execute_script("return getComputedStyle(arguments[0]).clipPath;", over)  # noqa: E731
+    assert clip() == "inset(0px 0px 0px 50%)"
+    before = stage.screenshot_as_png
+    viewer.find_element(By.CSS_SELECTOR, "input.split").send_keys(Keys.HOME)  # split at the left edge: all 'right'
+    assert clip() == "inset(0px 0px 0px 0%)"
+    assert stage.screenshot_as_png != before  # the picture changed with the slider
+
+    right = Select(viewer.find_element(By.CSS_SELECTOR, "select.pick-right"))
+    right.select_by_visible_text("jpeg-444-pillow")
+    assert over.get_attribute("src").endswith("a/jpeg.png")
+    viewer.find_element(By.CSS_SELECTOR, "button.swap").click()
+    assert viewer.find_element(By.CSS_SELECTOR, "img.under").get_attribute("src").endswith("a/jpeg.png")
+    assert over.get_attribute("src").endswith("a/original.png")
+    assert browser.execute_script("return arguments[0].naturalWidth", over) == 176
+
+    table = browser.find_element(By.CSS_SELECTOR, "table.measures").text
+    assert "ccacodec browser-tiny" in table and "jpeg-444-pillow" in table and "webp-pillow" in table
+    assert not_blank(browser.get_screenshot_as_png())
+
+
+def test_eval_page_is_one_file_that_loads(browser, models_env, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photo(folder / "a.png", 96, 128, seed=2)
+    photo(folder / "b.png", 80, 80, seed=3)
+    page = tmp_path / "page" / "eval.html"
+    ev.main([
+        str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped", "--compare", "jpeg",
+        "--out", str(tmp_path / "out"), "--html", str(page), "--no-progress",
+    ])
+    moved = tmp_path / "elsewhere.html"
+    shutil.move(page, moved)  # one file: it needs nothing beside it
+    open_page(browser, moved)
+    loaded = images_on_page(browser)
+    assert len(loaded) == 3 and all(src.startswith("data:image/png;base64,") for src, _, _ in loaded)
+    assert all(complete and width > 0 for _, complete, width in loaded)
+    plot = browser.find_element(By.CSS_SELECTOR, ".plot svg")
+    assert plot.size["width"] > 200 and plot.size["height"] > 150
+    assert "jpeg-444-pillow" in browser.find_element(By.TAG_NAME, "body").text
+    assert not_blank(browser.get_screenshot_as_png())
