@@ -17,6 +17,7 @@ the first file that failed.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import json
@@ -27,7 +28,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -190,6 +191,22 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_interop_threads(threads)
     except RuntimeError:  # only settable once per process, before any parallel work
         pass
+
+
+@contextlib.contextmanager
+def _refinement_bar(effort: int, quiet: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal for the refinement steps of one file at ``effort`` > 1, as the
+    ``progress`` callback of ``encode_image``; None when there is nothing to show."""
+    if effort == 1 or quiet or not sys.stderr.isatty():
+        yield None
+        return
+    with tqdm(desc=f"{label} effort {effort}", unit="step", file=sys.stderr, leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def _read_bytes(path: str) -> bytes:
@@ -378,6 +395,11 @@ _jobs_option = click.option(
     "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
     help="Files processed at the same time, each in its own process (default: one after the other).",
 )
+_effort_option = click.option(
+    "--effort", type=click.IntRange(1, 9), default=1, show_default=True, metavar="1..9",
+    help="Encoder effort: above 1 the latents are optimized for each image first (slower; smaller files for the "
+    "same quality; the same decoder reads them).",
+)
 _max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
     help="Refuse images whose width*height exceeds N (decompression-bomb guard).",
@@ -400,6 +422,7 @@ _max_pixels_option = click.option(
     "--tile", type=click.IntRange(min=0), metavar="N",
     help="Code in tiles of NxN pixels (a multiple of 64; 0: one tile); default: tiles of 1024 above 2.1 megapixels.",
 )
+@_effort_option
 @_model_option
 @_device_option
 @_precision_option
@@ -419,6 +442,7 @@ def encode(
     target_size: int | None,
     context: str | None,
     tile: int | None,
+    effort: int,
     model: str | None,
     device: str,
     precision: str,
@@ -457,12 +481,14 @@ def encode(
         _check_not_exists(dst, no_overwrite)
         image = load_image(_read_bytes(src) if src == STDIN else src, max_pixels=max_pixels)
         start = time.perf_counter()
-        if target is None:
-            rate, chosen = None, q
-            data = codec.encode_image(image, loaded, quality=q, context=mode, device=device, tile=tile, precision=precision)
-        else:
-            rate = encode_to_target(image, loaded, target, context=mode, device=device, tile=tile, precision=precision)
-            data, chosen = rate.data, rate.quality
+        with _refinement_bar(effort, quiet, _in_label(src)) as progress:
+            coding = {"context": mode, "device": device, "tile": tile, "precision": precision, "effort": effort, "progress": progress}
+            if target is None:
+                rate, chosen = None, q
+                data = codec.encode_image(image, loaded, quality=q, **coding)
+            else:
+                rate = encode_to_target(image, loaded, target, **coding)
+                data, chosen = rate.data, rate.quality
         seconds = time.perf_counter() - start
         write_output(dst, data, overwrite=not no_overwrite)
         bpp = 8 * len(data) / (image.width * image.height)
@@ -476,7 +502,7 @@ def encode(
         if as_json:
             record = {
                 "input": src, "output": dst, "bytes": len(data), "bpp": bpp,
-                "width": image.width, "height": image.height, "quality": chosen, "context": mode,
+                "width": image.width, "height": image.height, "quality": chosen, "context": mode, "effort": effort,
                 "seconds": seconds, "notes": list(image.notes),
             }
             if rate is not None:
@@ -631,6 +657,7 @@ def _run_dataset(run: Callable[..., Any], quiet: bool, as_json: bool) -> None:
 @click.option("-q", "--quality", type=float, help="Quality, 1 .. number of the model's qualities (may be fractional); default: the model's.")
 @click.option("--context", type=click.Choice(CONTEXT_MODES), help="Context mode; default: checkerboard when the model has a spatial context.")
 @click.option("--tile", type=click.IntRange(min=0), metavar="N", help="Tiles of NxN pixels (as for encode); default: automatic.")
+@_effort_option
 @_model_option
 @_dataset_options
 def encode_dataset_cmd(src: str, dst: str, **params: Any) -> None:
@@ -647,7 +674,7 @@ def encode_dataset_cmd(src: str, dst: str, **params: Any) -> None:
     def run(progress: Callable[[int, int], None]) -> Any:
         return dataset.encode_dataset(
             src, dst, quality=params["quality"], context=params["context"], model=params["model"], tile=params["tile"],
-            max_pixels=params["max_pixels"], ray_options=options, progress=progress,
+            effort=params["effort"], max_pixels=params["max_pixels"], ray_options=options, progress=progress,
         )
 
     _run_dataset(run, params["quiet"], params["as_json"])
@@ -737,6 +764,7 @@ def _info_lines(label: str, size: int, bpp: float, summary: dict) -> list[str]:
     "(missing tools are skipped); default: jpeg,webp,avif,jxl.",
 )
 @click.option("--context", type=click.Choice(CONTEXT_MODES), help="Context mode; default: checkerboard when the model has a spatial context.")
+@_effort_option
 @_model_option
 @_device_option
 @_precision_option
@@ -752,6 +780,7 @@ def compare(
     size: int | None,
     codecs: str | None,
     context: str | None,
+    effort: int,
     model: str | None,
     device: str,
     precision: str,
@@ -781,7 +810,7 @@ def compare(
     loaded = checkpoint.load_model(model)
     reports = compare_images(
         [Path(p) for p in inputs], Path(out_dir), loaded, compared, quality=quality, target=target, context=context,
-        device=device, precision=precision, max_pixels=max_pixels, say=lambda line: _say(f"{PROG}: {line}"),
+        device=device, precision=precision, effort=effort, max_pixels=max_pixels, say=lambda line: _say(f"{PROG}: {line}"),
     )
     for report in reports:
         if as_json:

@@ -27,7 +27,8 @@ from .imageio import DecodedImage, SourceImage
 from .nn.context import Folds, anchor_mask
 from .nn.model import CCAModel
 from .precision import layout_transforms, resolve_precision, transform_context, transform_input
-from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, StageTimer, entropy_step
+from .refine import Schedule, effort_schedule, refine_latents
+from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, REFINE, StageTimer, entropy_step
 from .tiling import BlendAssembler, TileLayout, choose_layout
 
 ENTROPY_DTYPE = torch.float64
@@ -164,12 +165,25 @@ def _z_symbols_layout(z_shape: torch.Size) -> np.ndarray:
     return np.repeat(np.arange(ch, dtype=np.int64), h * w)
 
 
-def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool, timer: StageTimer = NO_TIMER) -> tuple[bytes, int]:
+@dataclass(frozen=True)
+class Refinement:
+    """Latent refinement for an effort above 1 (cca_codec.refine): its schedule and the quality's lambda."""
+
+    schedule: Schedule
+    lam: float
+    progress: Callable[[int, float], None] | None = None
+
+
+def encode_tile(
+    c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool, timer: StageTimer = NO_TIMER,
+    refinement: Refinement | None = None,
+) -> tuple[bytes, int]:
     """x: (1, 3, H, W) float32 in [0, 1], H and W multiples of 64 -> (stream, symbols CRC-32).
     `gain_quality`: where the network's gains are evaluated (QualityNetwork.gain_quality).
-    `timer` gets the stages g_a, hyperprior and those of `_walk_slices`."""
+    `refinement`: optimize y for this tile before coding it (z as g_a's y gives it).
+    `timer` gets the stages g_a, hyperprior, refine and those of `_walk_slices`."""
     net, dev = c.net, c.device
-    g_y, _, g_z, g_z_inv = _gains(net, gain_quality, dev)
+    g_y, g_y_inv, g_z, g_z_inv = _gains(net, gain_quality, dev)
     enc = SymbolEncoder()
     with torch.inference_mode():
         with timer.stage(G_A), transform_context(c.precision, dev, synthesis=False):
@@ -182,6 +196,13 @@ def encode_tile(c: _Coding, x: Tensor, gain_quality: float, checkerboard: bool, 
             z_sym = torch.round(z - medians)
             enc.encode(z_sym.cpu().numpy().reshape(-1), _z_symbols_layout(z.shape), c.z_tables)
             latent_means, latent_scales = net.hyper_parameters(z_sym + medians, g_z_inv)
+    if refinement is not None:
+        with timer.stage(REFINE):
+            y = refine_latents(
+                net, x.to(dev), y, latent_means, latent_scales, g_y_inv, refinement.lam, checkerboard,
+                refinement.schedule, c.precision, refinement.progress,
+            )
+    with torch.inference_mode():
         y64 = y.to(ENTROPY_DTYPE)
         offsets = np.cumsum([0, *net.context.sizes])
 
@@ -260,10 +281,15 @@ def encode_image(
     device: str = "auto",
     tile: int | None = None,
     precision: str = "auto",
+    effort: int = 1,
+    progress: Callable[[int, int], None] | None = None,
     timer: StageTimer = NO_TIMER,
 ) -> bytes:
     """Compress an image into `.cca` bytes.
 
+    `effort` (1..9): 1 codes g_a's latents; higher efforts optimize them for the image first
+    (cca_codec.refine), slower but smaller for the same quality; any effort decodes with the same
+    decoder. `progress(done, total)` is called after each refinement step, counted over all tiles.
     `tile`: core tile size in pixels (a multiple of 64), 0 for one tile, None to tile images
     over `tiling.AUTO_TILE_PIXELS` automatically. Tiles are coded one at a time, each over its
     core plus an overlap (see cca_codec.tiling), so memory is bounded by the tile size.
@@ -278,12 +304,18 @@ def encode_image(
         layout = choose_layout(image.height, image.width, tile, align)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    schedule = effort_schedule(effort)
     c = _prepare(model, resolve_device(device), chosen, precision)
     tiles = []
     for index in range(layout.count):
         region = layout.extent(index)
         x = CCAModel.pad_to_alignment(_to_tensor(image.rgb[region]))
-        stream, crc = encode_tile(c, x, chosen.gain_quality, mode == "checkerboard", timer)
+        refinement = None
+        if schedule is not None:
+            done, total = index * schedule.steps, layout.count * schedule.steps
+            report = None if progress is None else (lambda step, _loss, done=done: progress(done + step + 1, total))
+            refinement = Refinement(schedule, model.lam(q), report)
+        stream, crc = encode_tile(c, x, chosen.gain_quality, mode == "checkerboard", timer, refinement)
         tiles.append(TilePayload(index, crc, stream))
     header = Header(
         width=image.width,

@@ -147,13 +147,14 @@ def compare_images(
     context: str | None = None,
     device: str = "auto",
     precision: str = "auto",
+    effort: int = 1,
     max_pixels: int | None = None,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> list[ImageReport]:
     """Code every image with ccacodec and, at matched size, with each of ``codecs``; write the report.
 
     ``quality`` or ``target`` (a bpp or size :class:`Target`) chooses ccacodec's rate (default: the
-    model's default quality). A compared codec that fails on an image is reported through ``say`` and
+    model's default quality); ``effort`` is its encoder effort (1..9). A compared codec that fails on an image is reported through ``say`` and
     in the record's ``failures``; the others go on. The report (``index.html``, ``report.json`` and the
     files) replaces ``out_dir`` only when complete.
 
@@ -178,7 +179,7 @@ def compare_images(
             image = load_image(path, max_pixels=max_pixels, name=str(path))
             folder = building / stem
             folder.mkdir()
-            report = _compare_one(image, str(path), folder, stem, model, codecs, q, target, mode, device, precision, say)
+            report = _compare_one(image, str(path), folder, stem, model, codecs, q, target, mode, device, precision, effort, say)
             reports.append(report)
         write_compare_page(reports, building)
         document = {"images": [r.to_dict() for r in reports]}
@@ -226,13 +227,13 @@ def _publish(building: Path, out: Path) -> None:
 
 def _compare_one(
     image: SourceImage, label: str, folder: Path, stem: str, model: LoadedModel, codecs: Sequence[classical.ClassicalCodec],
-    quality: float, target: Target | None, context: str, device: str, precision: str, say: Callable[[str], None],
+    quality: float, target: Target | None, context: str, device: str, precision: str, effort: int, say: Callable[[str], None],
 ) -> ImageReport:
     """Code one image with ccacodec and every codec at its size; measure; crop the differing regions."""
     original = folder / "original.png"
     Image.fromarray(image.rgb).save(original, compress_level=6)
     root = folder.parent
-    ours, decoded = _code_ours(image, folder, model, quality, target, context, device, precision)
+    ours, decoded = _code_ours(image, folder, model, quality, target, context, device, precision, effort)
     versions, outputs = [ours], {OURS: decoded}
     failures = []
     with tempfile.TemporaryDirectory(prefix="cca-compare-") as scratch:
@@ -262,15 +263,17 @@ def _compare_one(
 
 def _code_ours(
     image: SourceImage, folder: Path, model: LoadedModel, quality: float, target: Target | None, context: str,
-    device: str, precision: str,
+    device: str, precision: str, effort: int,
 ) -> tuple[Version, np.ndarray]:
-    """ccacodec's file: at ``quality``, or at the quality rate control finds for ``target``."""
+    """ccacodec's file: at ``quality``, or at the quality rate control finds for ``target`` (its
+    chosen file, whose encode time is that of one encode at that quality)."""
     note = None
+    coding = {"context": context, "device": device, "precision": precision, "effort": effort}
     if target is not None:
-        rate = encode_to_target(image, model, target, context=context, device=device, precision=precision)
+        rate = encode_to_target(image, model, target, **coding)
         quality, note = rate.quality, f"rate control: {rate.message}"
     start = time.perf_counter()
-    data = encode_image(image, model, quality=quality, context=context, device=device, precision=precision)
+    data = encode_image(image, model, quality=quality, **coding)
     encode_s = time.perf_counter() - start
     path = folder / f"{OURS}.cca"
     path.write_bytes(data)
@@ -279,7 +282,8 @@ def _code_ours(
     decode_s = time.perf_counter() - start
     rgb = np.repeat(decoded.rgb[..., :1], 3, axis=2) if decoded.color_mode == "gray" else decoded.rgb
     version = _measured(
-        image, rgb, folder, name=OURS, label=f"ccacodec {model.model_id} ({context})", setting=f"quality {quality:g}",
+        image, rgb, folder, name=OURS, label=f"ccacodec {model.model_id} ({context})",
+        setting=f"quality {quality:g}" + (f", effort {effort}" if effort > 1 else ""),
         file_bytes=len(data), encode_s=encode_s, decode_s=decode_s, file=path,
     )
     version.note = note

@@ -5,7 +5,7 @@
 
     with Image.open("photo.cca") as img:             # reads and checks the container, decodes nothing
         img.load()                                    # decodes: the model the file names, device "auto"
-    img.save("copy.cca", quality=5, context="grouped", model="cca-compact", device="cpu", tile=None)
+    img.save("copy.cca", quality=5, context="grouped", model="cca-compact", device="cpu", tile=None, effort=1)
     img.save("small.cca", target_bpp=0.3)            # or target_psnr=, target_size= (cca_codec.ratecontrol)
 
 Opening reads the whole file and validates every chunk (no network runs); the header is then in
@@ -115,7 +115,7 @@ class CcaDecoder(ImageFile.PyDecoder):
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     """Pillow's save handler: encode ``im`` under the input policy with ``im.encoderinfo``'s options
-    (quality, target_bpp, target_psnr, target_size, context, model, device, tile)."""
+    (quality, target_bpp, target_psnr, target_size, context, model, device, tile, effort)."""
     label = _label(filename, "image")
     options: dict[str, Any] = im.encoderinfo
     try:
@@ -138,7 +138,10 @@ def _encode(im: Image.Image, options: dict[str, Any], label: str) -> bytes:
     image = image_from_pil(im, label)
     for note in image.notes:
         warnings.warn(f"{label}: {note}", UserWarning)
-    coding = {"context": options.get("context"), "device": options.get("device", "auto"), "tile": options.get("tile")}
+    coding = {
+        "context": options.get("context"), "device": options.get("device", "auto"), "tile": options.get("tile"),
+        "effort": options.get("effort", 1),
+    }
     if target is None:
         return encode_image(image, loaded, quality=options.get("quality"), **coding)
     return encode_to_target(image, loaded, target, **coding).data

@@ -229,18 +229,24 @@ def encode_to_target(
     device: str = "auto",
     tile: int | None = None,
     precision: str = "auto",
+    effort: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RateResult:
     """Encode ``image`` at the quality that meets ``target`` (see the module's description).
 
-    ``context``, ``device``, ``tile`` and ``precision`` are passed to :func:`cca_codec.codec.encode_image`
-    (and the device and precision to the decoder, for PSNR targets). A target out of the model's reach is not an error:
+    ``context``, ``device``, ``tile``, ``precision``, ``effort`` and ``progress`` are passed to
+    :func:`cca_codec.codec.encode_image` (and the device and precision to the decoder, for PSNR targets):
+    every probe is a real encoding at that effort. A target out of the model's reach is not an error:
     the result is the nearest end of the quality range, with ``status`` saying so.
     """
     qualities = searched_qualities(model)
     trials: list[Trial] = []
 
     def probe(index: int) -> tuple[float, bool]:
-        data = encode_image(image, model, quality=qualities[index], context=context, device=device, tile=tile, precision=precision)
+        data = encode_image(
+            image, model, quality=qualities[index], context=context, device=device, tile=tile, precision=precision,
+            effort=effort, progress=progress,
+        )
         fidelity = _decoded_psnr(image, data, model, device, precision) if target.kind == "psnr" else None
         trials.append(Trial(qualities[index], data, bits_per_pixel(len(data), image.width, image.height), fidelity))
         achieved = target.achieved(trials[-1])

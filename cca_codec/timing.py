@@ -27,6 +27,7 @@ from typing import ContextManager, TypeVar
 IMAGE_READ = "image read"
 G_A = "g_a"
 HYPERPRIOR = "hyperprior"
+REFINE = "refine"
 RANGE_CODING = "range coding"
 G_S = "g_s"
 CONTAINER_WRITE = "container write"
@@ -37,7 +38,7 @@ ENTROPY_STEP_PREFIX = "entropy parameters "
 T = TypeVar("T")
 
 
-_PIPELINE = (IMAGE_READ, CONTAINER_READ, G_A, HYPERPRIOR, ENTROPY_STEP_PREFIX, RANGE_CODING, G_S, CONTAINER_WRITE, IMAGE_WRITE)
+_PIPELINE = (IMAGE_READ, CONTAINER_READ, G_A, HYPERPRIOR, REFINE, ENTROPY_STEP_PREFIX, RANGE_CODING, G_S, CONTAINER_WRITE, IMAGE_WRITE)
 
 
 def entropy_step(step: int) -> str:

@@ -125,7 +125,7 @@ def test_encode_defaults_and_json(make_image, tmp_path):
     assert record == {
         "input": str(src), "output": str(out), "bytes": out.stat().st_size,
         "bpp": pytest.approx(8 * out.stat().st_size / (17 * 33)), "width": 33, "height": 17,
-        "quality": 4.0, "context": "checkerboard", "seconds": record["seconds"], "notes": [],
+        "quality": 4.0, "context": "checkerboard", "effort": 1, "seconds": record["seconds"], "notes": [],
     }
     assert STATS_ENCODE.match(result.stderr.strip())
 

@@ -306,3 +306,13 @@ def test_manifest_keeps_the_last_record_and_skips_a_torn_line(tmp_path: Path) ->
         stream.write(json.dumps({"path": "b", "status": "ok"}) + "\n" + '{"path": "c", "sta')
     records = read_manifest(path)
     assert sorted(records) == ["a", "b"] and records["b"]["status"] == "ok"
+
+
+def test_records_from_before_efforts_read_as_effort_1(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_NAME
+    old = {"path": "a.png", "status": "ok", "quality": 4.0, "context": "checkerboard", "model": "m", "weights": "w"}
+    path.write_text(json.dumps(old) + "\n" + json.dumps({"path": "b.png", "status": "failed", "quality": None}) + "\n")
+    records = read_manifest(path)
+    assert records["a.png"]["effort"] == 1 and "effort" not in records["b.png"]
+    settings = {"quality": 4.0, "context": "checkerboard", "model": "m", "weights": "w"}
+    assert all(records["a.png"][key] == value for key, value in {**settings, "effort": 1}.items())

@@ -42,6 +42,7 @@ from ..container import DEFAULT_MAX_PIXELS
 from ..errors import CodecError, InputError, UsageError, one_line
 from ..imageio import IMAGE_SUFFIXES
 from ..nn.model import CCAModel
+from ..refine import effort_schedule
 from ..tiling import choose_layout
 from .manifest import FAILED, MANIFEST_NAME, ManifestJournal, Record, new_record, read_manifest, write_manifest
 from .plan import CCA_EXTENSIONS, Plan, Source, make_plan, output_path
@@ -153,13 +154,14 @@ def encode_dataset(
     context: str | None = None,
     model: str | None = None,
     tile: int | None = None,
+    effort: int = 1,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     ray_options: RayOptions | None = None,
     progress: Progress | None = None,
 ) -> DatasetSummary:
     """Encode every image under ``src`` to ``.cca`` files under ``dst`` (mirrored paths) with Ray Data.
 
-    ``quality``, ``context``, ``model``, ``tile`` and ``max_pixels`` mean what they mean for
+    ``quality``, ``context``, ``model``, ``tile``, ``effort`` and ``max_pixels`` mean what they mean for
     ``ccacodec encode``; they are checked here, before any worker starts. Files done by an earlier
     run with the same settings are skipped. DST/manifest.jsonl gets a record of every file.
 
@@ -176,8 +178,12 @@ def encode_dataset(
     chosen = loaded.at_quality(q)
     mode = check_context(chosen.net, context or default_context(loaded))
     _check_tile(tile)
-    settings = EncodeSettings(_model_spec(model), q, mode, tile, max_pixels, options.device, options.threads)
-    fields = {"quality": q, "context": mode, "model": loaded.model_id, "weights": chosen.weights_sha256.hex()[:WEIGHTS_DIGITS]}
+    effort_schedule(effort)  # a bad effort fails here, before any worker starts
+    settings = EncodeSettings(_model_spec(model), q, mode, tile, max_pixels, options.device, options.threads, effort)
+    fields = {
+        "quality": q, "context": mode, "model": loaded.model_id, "weights": chosen.weights_sha256.hex()[:WEIGHTS_DIGITS],
+        "effort": effort,
+    }
     job = _Job(os.fspath(src), os.fspath(dst), IMAGE_SUFFIXES, EncodeWorker.suffix, fields, EncodeWorker, settings)
     return _run(ray, job, options, progress, start)
 

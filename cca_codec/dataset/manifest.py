@@ -10,8 +10,10 @@ status, error, exit_code
     ``decode`` would have given for that file (see :mod:`cca_codec.errors`).
 bytes, width, height, bpp
     the size of the output file, the image size, and the bits per pixel of the ``.cca`` file.
-quality, context, model, weights
-    the coding settings (``weights``: the first 16 hex digits of the weights' sha256).
+quality, context, model, weights, effort
+    the coding settings (``weights``: the first 16 hex digits of the weights' sha256; ``effort``: the
+    encoder effort, 1..9, None for decoding; a record of a manifest written before efforts existed
+    reads as effort 1, which is how it was coded).
 seconds, notes
     coding time of the file, and what the input policy changed (as ``ccacodec encode`` says).
 source_bytes, source_mtime_ns
@@ -38,7 +40,7 @@ OK = "ok"
 FAILED = "failed"
 FIELDS = (
     "path", "output", "status", "error", "exit_code", "bytes", "width", "height", "bpp",
-    "quality", "context", "model", "weights", "seconds", "notes", "source_bytes", "source_mtime_ns",
+    "quality", "context", "model", "weights", "effort", "seconds", "notes", "source_bytes", "source_mtime_ns",
 )
 
 Record = dict[str, Any]
@@ -71,6 +73,8 @@ def read_manifest(path: Path) -> dict[str, Record]:
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("path"), str):
+            if "effort" not in record and record.get("quality") is not None:
+                record["effort"] = 1  # encoded before the effort levels, all at what is now effort 1
             records[record["path"]] = record
     return records
 

@@ -63,6 +63,7 @@ class EncodeSettings:
     max_pixels: int
     device: str
     threads: int
+    effort: int = 1
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,16 @@ class EncodeWorker(_FileWorker):
 
     def _settings(self) -> dict[str, Any]:
         s = self.settings
-        return {"quality": s.quality, "context": s.context, "model": self.model.model_id, "weights": self.weights}
+        return {
+            "quality": s.quality, "context": s.context, "model": self.model.model_id, "weights": self.weights, "effort": s.effort,
+        }
 
     def _code(self, data: bytes, label: str, target: str) -> dict[str, Any]:
         s = self.settings
         image = load_image(data, max_pixels=s.max_pixels, name=label)
-        coded = encode_image(image, self.model, quality=s.quality, context=s.context, device=s.device, tile=s.tile)
+        coded = encode_image(
+            image, self.model, quality=s.quality, context=s.context, device=s.device, tile=s.tile, effort=s.effort
+        )
         _write(target, coded)
         return {
             **self._settings(),

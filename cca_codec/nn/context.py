@@ -237,14 +237,21 @@ class ChannelContextModel(nn.Module):
         latent_scales: Tensor,
         likelihood: Likelihood,
         checkerboard: bool = False,
+        quantize: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor | None, Tensor]:
         """Training pass: returns (y_hat (B, M, h, w), likelihoods of y (B, M, h, w)).
 
         `likelihood(y_slice, scale, mean)` gives the (noisy) rate-term likelihoods; context and
         decoder input use y_hat = STE-round(y - mu) + mu, LRP-refined. Slices no later slice
         needs are not reconstructed; y_hat is None unless all of them are (the auxiliary model).
+
+        `quantize` replaces STE rounding of y - mu (the encoder's latent refinement: annealed
+        soft rounding, cca_codec.refine); the likelihoods are then those of the quantized values
+        mu + quantize(y - mu), not of y.
         """
-        from compressai.ops import quantize_ste  # training only: coding rounds without STE
+        quantize_is_ste = quantize is None
+        if quantize is None:
+            from compressai.ops import quantize_ste as quantize  # training only: coding rounds without STE
 
         n = len(self.sizes)
         needed = set().union(*(self.context_slices(j) for j in range(n)))
@@ -254,15 +261,16 @@ class ChannelContextModel(nn.Module):
             mean_feat, scale_feat = self.stack_features(i, latent_means, latent_scales, y_hats)
             head_in = self.head_inputs(i, mean_feat, scale_feat)
             mu, scale = self.parameters(i, head_in)
+            y_hat_i = quantize(y_i - mu) + mu
             if checkerboard:
                 anchors = anchor_mask(*y_i.shape[-2:], device=y_i.device)
-                spatial = self.spatial_context(i, quantize_ste(y_i - mu) + mu)
-                mu_n, scale_n = self.parameters(i, head_in, spatial)
+                mu_n, scale_n = self.parameters(i, head_in, self.spatial_context(i, y_hat_i))
                 mu = torch.where(anchors, mu, mu_n)
                 scale = torch.where(anchors, scale, scale_n)
-            likelihoods.append(likelihood(y_i, scale, mu))
+                y_hat_i = torch.where(anchors, y_hat_i, quantize(y_i - mu_n) + mu_n)
+            likelihoods.append(likelihood(y_i if quantize_is_ste else y_hat_i, scale, mu))
             if i in needed or not self.skip_previous:
-                y_hats.append(self.refine(i, mean_feat, quantize_ste(y_i - mu) + mu))
+                y_hats.append(self.refine(i, mean_feat, y_hat_i))
         y_hat = torch.cat(y_hats, dim=1) if len(y_hats) == n else None
         return y_hat, torch.cat(likelihoods, dim=1)
 

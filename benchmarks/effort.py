@@ -1,0 +1,119 @@
+"""Encoder effort on Kodak: BD-rate against effort 1 and encode seconds per image, per effort level.
+
+    python benchmarks/effort.py ../shared/data/kodak --limit 6 --qualities 2,4,6,8 --efforts 1,3,5,7,9 \
+        --threads 2 [--crop 384x256] --json results/effort.json
+
+Every image is encoded at every quality and effort with :func:`cca_codec.codec.encode_image` (what
+``ccacodec encode --effort N`` runs), with the given model and its default context, on the CPU, then decoded
+by the unchanged decoder: bpp from the file size, PSNR-RGB per image then averaged (as ``ccacodec eval``).
+``--crop WxH`` codes the centre WxH of each image instead of all of it (a cheaper probe; say so when quoting).
+The table gives per effort: refinement steps, mean bpp and PSNR per quality, BD-rate against effort 1 over
+the qualities, and the median encode seconds per image (per quality, the median over images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cca_codec.bdrate import bd_rate
+from cca_codec.checkpoint import load_model
+from cca_codec.codec import decode_image, encode_image
+from cca_codec.evaluate import find_images
+from cca_codec.imageio import SourceImage, load_image
+from cca_codec.metrics import bits_per_pixel, psnr
+from cca_codec.refine import EFFORT_STEPS
+
+
+def centre_crop(image: SourceImage, size: tuple[int, int] | None) -> SourceImage:
+    """The centre ``size`` (width, height) of ``image`` (all of it when None or larger)."""
+    if size is None:
+        return image
+    width, height = min(size[0], image.width), min(size[1], image.height)
+    top, left = (image.height - height) // 2, (image.width - width) // 2
+    rgb = np.ascontiguousarray(image.rgb[top : top + height, left : left + width])
+    return SourceImage(rgb=rgb, color_mode="rgb", bit_depth=8)
+
+
+def measure(images: list[Path], qualities: list[float], efforts: list[int], crop: tuple[int, int] | None, say) -> list[dict]:
+    """One record per (image, quality, effort): bpp, PSNR, encode seconds."""
+    model = load_model()
+    records = []
+    for path in images:
+        image = centre_crop(load_image(path), crop)
+        for q in qualities:
+            for effort in efforts:
+                start = time.perf_counter()
+                data = encode_image(image, model, quality=q, device="cpu", effort=effort)
+                seconds = time.perf_counter() - start
+                decoded = decode_image(data, model, device="cpu")
+                record = {
+                    "image": path.name, "quality": q, "effort": effort, "bytes": len(data),
+                    "bpp": bits_per_pixel(len(data), image.width, image.height), "psnr": psnr(image.rgb, decoded.rgb),
+                    "encode_s": seconds,
+                }
+                records.append(record)
+                say(f"{path.name} q{q:g} effort {effort}: {record['bpp']:.4f} bpp, {record['psnr']:.3f} dB, {seconds:.1f} s")
+    return records
+
+
+def summarize(records: list[dict], qualities: list[float], efforts: list[int]) -> list[dict]:
+    """Per effort: the mean curve, its BD-rate against effort 1, and the median encode seconds."""
+    def curve(effort: int) -> tuple[list[float], list[float]]:
+        rows = [[r for r in records if r["effort"] == effort and r["quality"] == q] for q in qualities]
+        return [statistics.fmean(r["bpp"] for r in row) for row in rows], [statistics.fmean(r["psnr"] for r in row) for row in rows]
+
+    base = curve(efforts[0])
+    table = []
+    for effort in efforts:
+        bpp, db = curve(effort)
+        seconds = statistics.median(r["encode_s"] for r in records if r["effort"] == effort)
+        table.append({
+            "effort": effort, "steps": EFFORT_STEPS[effort], "bpp": bpp, "psnr": db,
+            "bd_rate_vs_first": 0.0 if effort == efforts[0] else bd_rate(*base, bpp, db), "encode_s_median": seconds,
+        })
+    return table
+
+
+def markdown(table: list[dict], qualities: list[float]) -> str:
+    head = "| effort | steps | " + " | ".join(f"q{q:g} bpp / dB" for q in qualities) + " | BD-rate vs effort 1 | encode s / image |"
+    lines = [head, "|---:|---:|" + "---:|" * len(qualities) + "---:|---:|"]
+    for row in table:
+        points = " | ".join(f"{b:.4f} / {p:.2f}" for b, p in zip(row["bpp"], row["psnr"]))
+        lines.append(f"| {row['effort']} | {row['steps']} | {points} | {row['bd_rate_vs_first']:+.2f} % | {row['encode_s_median']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--limit", type=int, default=6)
+    p.add_argument("--qualities", default="2,4,6,8")
+    p.add_argument("--efforts", default="1,3,5,7,9", help="comma-separated; the first is the reference")
+    p.add_argument("--crop", default=None, metavar="WxH", help="code the centre WxH of each image")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    qualities = [float(q) for q in args.qualities.split(",")]
+    efforts = [int(e) for e in args.efforts.split(",")]
+    crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
+    images = find_images(args.directory, args.limit)
+    records = measure(images, qualities, efforts, crop, lambda line: print(line, file=sys.stderr, flush=True))
+    table = summarize(records, qualities, efforts)
+    print(markdown(table, qualities))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "images": [p.name for p in images], "crop": args.crop, "threads": args.threads, "table": table, "records": records,
+        }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
