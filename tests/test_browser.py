@@ -20,6 +20,8 @@ from cca_codec import compare as cmp
 from cca_codec import evaluate as ev
 from cca_codec.checkpoint import in_memory_model
 
+from conftest import write_image
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
@@ -40,14 +42,6 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
-
-
-def photo(path: Path, height: int, width: int, seed: int) -> Path:
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    rgb = np.stack([xx * 1.2, yy * 1.7, 128 + 80 * np.sin(xx / 6) * np.cos(yy / 9)], -1)
-    rgb += np.random.default_rng(seed).normal(0, 8, rgb.shape)
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +72,7 @@ def test_compare_page_loads_and_its_slider_and_menus_work(browser, tmp_path, mod
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    image = photo(tmp_path / "a.png", 120, 176, seed=1)
+    image = write_image(tmp_path, 120, 176, name="a.png")
     codecs = classical.resolve(["jpeg", "webp"])
     [report] = cmp.compare_images([image], tmp_path / "report", model, codecs, quality=2, device="cpu")
     open_page(browser, tmp_path / "report" / "index.html")
@@ -114,8 +108,8 @@ def test_eval_page_is_one_file_that_loads(browser, models_env, tmp_path):
 
     folder = tmp_path / "images"
     folder.mkdir()
-    photo(folder / "a.png", 96, 128, seed=2)
-    photo(folder / "b.png", 80, 80, seed=3)
+    write_image(folder, 96, 128, name="a.png")
+    write_image(folder, 80, 80, name="b.png")
     page = tmp_path / "page" / "eval.html"
     ev.main([
         str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped", "--compare", "jpeg",

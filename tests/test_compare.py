@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from cca_codec.checkpoint import in_memory_model
 from cca_codec.cli import cli
 from cca_codec.errors import InputError, UsageError
 from cca_codec.ratecontrol import Target
+
+from conftest import write_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -104,14 +105,6 @@ def test_regions_fit_small_images():
 # ---------------------------------------------------------------------- the report folder
 
 
-def photo(path: Path, height: int = 96, width: int = 128, seed: int = 3) -> Path:
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    rgb = np.stack([xx * 1.5, yy * 2.0, 128 + 80 * np.sin(xx / 6) * np.cos(yy / 9)], -1)
-    rgb += np.random.default_rng(seed).normal(0, 8, rgb.shape)
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
-    return path
-
-
 class _References(HTMLParser):
     """The src and href values of a page."""
 
@@ -131,7 +124,7 @@ def model():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, model):
     root = tmp_path_factory.mktemp("compare")
-    images = [photo(root / "a.png", 200, 640), photo(root / "b.png", 80, 112, seed=4)]
+    images = [write_image(root, 200, 640, name="a.png"), write_image(root, 80, 112, name="b.png")]
     codecs = classical.resolve(["jpeg", "webp"])
     reports = cmp.compare_images(images, root / "report", model, codecs, quality=3, device="cpu")
     return root, reports
@@ -202,7 +195,7 @@ def test_report_json_is_the_records(report):
 
 
 def test_rate_control_sets_our_size(tmp_path, model):
-    image = photo(tmp_path / "a.png")
+    image = write_image(tmp_path, 96, 128, name="a.png")
     reports = cmp.compare_images([image], tmp_path / "r", model, [], target=Target("size", 900), device="cpu")
     ours = reports[0].codecs[0]
     assert ours.note.startswith("rate control: ")
@@ -220,7 +213,7 @@ def test_a_failing_codec_is_reported_and_the_others_run(tmp_path, model):
     )
     said: list[str] = []
     reports = cmp.compare_images(
-        [photo(tmp_path / "a.png")], tmp_path / "r", model, [broken, classical.CODECS["jpeg"]], quality=2, device="cpu",
+        [write_image(tmp_path, 96, 128, name="a.png")], tmp_path / "r", model, [broken, classical.CODECS["jpeg"]], quality=2, device="cpu",
         say=said.append,
     )
     assert [v.name for v in reports[0].codecs] == ["ccacodec", "jpeg"]
@@ -232,12 +225,12 @@ def test_an_unreadable_image_leaves_no_report(tmp_path, model):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(InputError):
-        cmp.compare_images([photo(tmp_path / "a.png"), bad], tmp_path / "r", model, [], quality=2, device="cpu")
+        cmp.compare_images([write_image(tmp_path, 96, 128, name="a.png"), bad], tmp_path / "r", model, [], quality=2, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "bad.png"]
 
 
 def test_an_earlier_report_is_replaced_but_other_folders_are_not(tmp_path, model):
-    image = photo(tmp_path / "a.png")
+    image = write_image(tmp_path, 96, 128, name="a.png")
     out = tmp_path / "r"
     cmp.compare_images([image], out, model, [], quality=1, device="cpu")
     (out / "a" / "stale.txt").write_text("from the first run")
@@ -252,7 +245,7 @@ def test_an_earlier_report_is_replaced_but_other_folders_are_not(tmp_path, model
 
 
 def test_bad_requests_are_usage_errors(tmp_path, model):
-    image = photo(tmp_path / "a.png")
+    image = write_image(tmp_path, 96, 128, name="a.png")
     with pytest.raises(UsageError, match="no images"):
         cmp.compare_images([], tmp_path / "r", model, [])
     with pytest.raises(UsageError, match="matches file sizes"):
@@ -263,7 +256,7 @@ def test_bad_requests_are_usage_errors(tmp_path, model):
 
 def test_images_with_the_same_stem_get_their_own_folders(tmp_path, model):
     (tmp_path / "x").mkdir()
-    images = [photo(tmp_path / "a.png"), photo(tmp_path / "x" / "a.png", seed=9)]
+    images = [write_image(tmp_path, 96, 128, name="a.png"), write_image(tmp_path / "x", 96, 128, name="a.png")]
     reports = cmp.compare_images(images, tmp_path / "r", model, [], quality=2, device="cpu")
     assert [r.folder for r in reports] == ["a", "a-2"]
 
@@ -272,7 +265,7 @@ def test_images_with_the_same_stem_get_their_own_folders(tmp_path, model):
 
 
 def test_command_prints_one_json_record_per_image(models_env, tmp_path):
-    images = [str(photo(tmp_path / "a.png")), str(photo(tmp_path / "b.png", seed=5))]
+    images = [str(write_image(tmp_path, 96, 128, name="a.png")), str(write_image(tmp_path, 96, 128, name="b.png"))]
     out = tmp_path / "report"
     result = CliRunner().invoke(
         cli, ["compare", *images, "--out", str(out), "--codecs", "jpeg", "--model", "test-tiny", "-q", "2", "--json", "--device", "cpu"]
@@ -293,7 +286,7 @@ def test_command_prints_one_json_record_per_image(models_env, tmp_path):
     ],
 )
 def test_command_errors(models_env, tmp_path, args, code, message):
-    image = photo(tmp_path / "a.png")
+    image = write_image(tmp_path, 96, 128, name="a.png")
     result = CliRunner().invoke(cli, ["compare", str(image), "--out", str(tmp_path / "r"), "--model", "test-tiny", *args])
     assert result.exit_code == code and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()

@@ -34,6 +34,15 @@ def write_png(directory: Path, name: str, height: int, width: int, seed: int = 0
     return path
 
 
+def two_images(tmp_path: Path) -> Path:
+    """A folder with a.png (64x80) and b.png (48x48)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_png(folder, "a.png", 64, 80, seed=1)
+    write_png(folder, "b.png", 48, 48, seed=2)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def model():
     return in_memory_model("cca-tiny", model_id="eval-tiny")
@@ -188,10 +197,7 @@ def test_command_line_reports_errors(tmp_path, capsys):
 
 
 def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    write_png(folder, "a.png", 64, 80, seed=1)
-    write_png(folder, "b.png", 48, 48, seed=2)
+    folder = two_images(tmp_path)
     out = tmp_path / "out"
     ev.main([
         str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped",
@@ -222,10 +228,7 @@ def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
 
 
 def test_html_report_is_one_page_with_plot_tables_and_strip(models_env, tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    write_png(folder, "a.png", 64, 80, seed=1)
-    write_png(folder, "b.png", 48, 48, seed=2)
+    folder = two_images(tmp_path)
     page = tmp_path / "report.html"
     ev.main([
         str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped,checkerboard",
