@@ -15,9 +15,13 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .fileio import atomic_write
+
+if TYPE_CHECKING:  # compare builds on this module; the records are only read here
+    from .compare import ImageReport, Region, Version
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1280px; padding: 0 1em; color: #1b1b1b; }
@@ -86,7 +90,7 @@ def _e(text: object) -> str:
 # ------------------------------------------------------------------------------ compare
 
 
-def write_compare_page(reports: Sequence, folder: Path) -> Path:
+def write_compare_page(reports: Sequence[ImageReport], folder: Path) -> Path:
     """Write ``folder/index.html`` for the :class:`cca_codec.compare.ImageReport` records; returns its path."""
     sections = [_image_section(report, index) for index, report in enumerate(reports)]
     names = ", ".join(_e(Path(r.image).name) for r in reports)
@@ -103,7 +107,7 @@ def write_compare_page(reports: Sequence, folder: Path) -> Path:
     return page
 
 
-def _image_section(report, index: int) -> str:
+def _image_section(report: ImageReport, index: int) -> str:
     """One image: the viewer, the table, the failures and the crops."""
     versions = report.codecs
     choices = [("original", report.original)] + [(v.label, v.decoded) for v in versions]
@@ -148,7 +152,7 @@ def _viewer(choices: list[tuple[str, str]], left: str, right: str) -> str:
     )
 
 
-def _measure_table(versions: Sequence) -> str:
+def _measure_table(versions: Sequence[Version]) -> str:
     """The measures of every version; the best of each quality measure (and of the sizes) marked."""
     best = {
         "psnr": max(v.psnr for v in versions),
@@ -156,7 +160,7 @@ def _measure_table(versions: Sequence) -> str:
         "ssimulacra2": max((v.ssimulacra2 for v in versions if v.ssimulacra2 is not None), default=None),
     }
 
-    def cell(version, key: str, digits: int) -> str:
+    def cell(version: Version, key: str, digits: int) -> str:
         value = getattr(version, key)
         mark = " class=\"best\"" if value is not None and value == best[key] and len(versions) > 1 else ""
         return f"<td{mark}>{_number(value, digits)}</td>"
@@ -179,7 +183,7 @@ def _measure_table(versions: Sequence) -> str:
     return f"<table class=\"measures\">\n{head}\n" + "\n".join(rows) + "\n</table>"
 
 
-def _crop_strip(region, versions: Sequence) -> str:
+def _crop_strip(region: Region, versions: Sequence[Version]) -> str:
     """The crops of one region: the original, then every version with its bpp and PSNR."""
     by_name = {v.name: v for v in versions}
     figures = []
