@@ -171,7 +171,7 @@ class Refinement:
 
     schedule: Schedule
     lam: float
-    progress: Callable[[int, float], None] | None = None
+    progress: Callable[[int], None] | None = None
 
 
 def encode_tile(
@@ -313,7 +313,7 @@ def encode_image(
         refinement = None
         if schedule is not None:
             done, total = index * schedule.steps, layout.count * schedule.steps
-            report = None if progress is None else (lambda step, _loss, done=done: progress(done + step + 1, total))
+            report = None if progress is None else (lambda step, done=done: progress(done + step + 1, total))
             refinement = Refinement(schedule, model.lam(q), report)
         stream, crc = encode_tile(c, x, chosen.gain_quality, mode == "checkerboard", timer, refinement)
         tiles.append(TilePayload(index, crc, stream))

@@ -25,13 +25,9 @@ import torch
 from torch import Tensor
 
 from .errors import UsageError
-from .nn.model import CCAModel
+from .nn.context import LIKELIHOOD_FLOOR, bits
+from .nn.model import SCALE_MIN, CCAModel
 from .precision import transform_context, transform_input
-
-SCALE_BOUND = 0.11
-"""Smallest scale of the Gaussian rate model: the first entry of the coding scale table."""
-LIKELIHOOD_FLOOR = 1e-9
-"""Likelihoods are floored here, as in training (the rate of an escape is finite)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +70,10 @@ def effort_schedule(effort: int) -> Schedule | None:
 
 
 def discretized_gaussian_likelihood(values: Tensor, scales: Tensor, means: Tensor) -> Tensor:
-    """P(values) under N(means, scales) integrated over [values - 1/2, values + 1/2], floored; scales
-    bounded below by SCALE_BOUND. Differentiable in values, scales and means; any float dtype."""
-    scales = scales.clamp_min(SCALE_BOUND)
+    """P(values) under N(means, scales) integrated over [values - 1/2, values + 1/2], floored at
+    training's LIKELIHOOD_FLOOR; scales bounded below by SCALE_MIN, the coding scale table's first entry.
+    Differentiable in values, scales and means; any float dtype."""
+    scales = scales.clamp_min(SCALE_MIN)
     centred = (values - means).abs()
     upper = 0.5 * torch.erfc((centred - 0.5) / (scales * math.sqrt(2)))
     lower = 0.5 * torch.erfc((centred + 0.5) / (scales * math.sqrt(2)))
@@ -110,7 +107,7 @@ def refine_latents(
     checkerboard: bool,
     schedule: Schedule,
     precision: str = "fp32",
-    progress: Callable[[int, float], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     seed: int = 0,
 ) -> Tensor:
     """Optimize the latents of one tile; returns the refined y (same shape and dtype as ``y``).
@@ -122,7 +119,7 @@ def refine_latents(
         g_y_inv: the quality's inverse gain on y; lam: its rate-distortion lambda.
         precision: how g_s runs (cca_codec.precision); the entropy model runs in float32 here,
             a copy of the network's, since only the final y, coded as always, must be exact.
-        progress: called after each step with (step, loss in bits per pixel + lambda-weighted MSE).
+        progress: called after each step with the step's index.
         seed: the SGA noise's seed: the same inputs give the same y on the same machine.
     """
     context = copy.deepcopy(net.context).float()  # the coding copy runs in float64: too slow to differentiate
@@ -142,7 +139,7 @@ def refine_latents(
             )
             with transform_context(precision, latents.device, synthesis=True):
                 x_hat = net.g_s(transform_input(y_hat * inverse_gain, precision))
-            rate = -torch.log2(likelihoods).sum() / pixels
+            rate = bits(likelihoods).sum() / pixels
             loss = rate + lam * 255**2 * (x_hat.float() - target).pow(2).mean()
             (gradient,) = torch.autograd.grad(loss, [latents])
             for group in optimizer.param_groups:
@@ -150,5 +147,5 @@ def refine_latents(
             latents.grad = gradient
             optimizer.step()
             if progress is not None:
-                progress(step, float(loss.detach()))
+                progress(step)
     return latents.detach().to(y.dtype)

@@ -28,6 +28,15 @@ SPATIAL_KERNEL = 5
 Likelihood = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+LIKELIHOOD_FLOOR = 1e-9
+"""Likelihoods are floored here before -log2 (the rate of an escape is finite)."""
+
+
+def bits(likelihoods: Tensor) -> Tensor:
+    """-log2 of the likelihoods (floored at 1e-9), summed per sample: (B, ...) -> (B,)."""
+    return -torch.log2(likelihoods.float().clamp_min(LIKELIHOOD_FLOOR)).flatten(1).sum(1)
+
+
 def gaussian_likelihood(conditional: GaussianConditional, y: Tensor, scale: Tensor, mu: Tensor) -> Tensor:
     """Rate-term likelihoods of y (additive noise in training mode), always in float32 and outside
     autocast: bf16 probabilities would misstate the rate by several percent."""

@@ -18,15 +18,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .aux import AuxEntropyModel
+from .context import LIKELIHOOD_FLOOR, bits
 from .model import CCAModel
 
-LIKELIHOOD_FLOOR = 1e-9
 CCA_VARIANTS = ("official", "stop_gradient")
-
-
-def bits(likelihoods: Tensor) -> Tensor:
-    """-log2 of the likelihoods (floored at 1e-9), summed per sample: (B, ...) -> (B,)."""
-    return -torch.log2(likelihoods.float().clamp_min(LIKELIHOOD_FLOOR)).flatten(1).sum(1)
 
 
 @dataclass
