@@ -77,12 +77,15 @@ class ClassicalCodec(ABC):
     """The sweep, in the order the curve lists it."""
     bench_quality: float
     """The setting used by ``ccacodec bench``."""
-    setting_name: str
-    """The setting in one word, as a report names it ('quality', 'distance')."""
     span: tuple[float, float]
     """The settings at the lowest and at the highest rate: the range ``ccacodec compare`` matches sizes over."""
     integer: bool
     """Whether the setting takes whole numbers only."""
+
+    @property
+    def setting_name(self) -> str:
+        """The setting in one word, as a report names it: the first word of ``setting`` ('quality', 'distance')."""
+        return self.setting.split()[0].strip(",")
 
     def missing(self) -> str | None:
         """Why this codec cannot run here (one line), or None when it can."""
@@ -131,7 +134,7 @@ class PillowCodec(ClassicalCodec):
     ) -> None:
         self.key, self.name, self.suffix, self.setting = key, name, suffix, setting
         self.qualities, self.bench_quality = tuple(qualities), bench_quality
-        self.setting_name, self.span, self.integer = setting.split()[0].strip(","), span, integer
+        self.span, self.integer = span, integer
         self._format, self._feature, self._options = pil_format, feature, options
 
     def missing(self) -> str | None:
@@ -167,7 +170,7 @@ class ExternalCodec(ClassicalCodec):
     ) -> None:
         self.key, self.name, self.suffix, self.setting = key, name, suffix, setting
         self.qualities, self.bench_quality = tuple(qualities), bench_quality
-        self.setting_name, self.span, self.integer = setting.split()[0].strip(","), span, integer
+        self.span, self.integer = span, integer
         self._encoder, self._decoders, self._package = encoder, tuple(decoders), package
         self._encode_args, self._decode_args, self._version_args = encode_args, decode_args, tuple(version_args)
 

@@ -34,6 +34,7 @@ from PIL import Image
 from . import classical
 from .checkpoint import LoadedModel
 from .codec import decode_image, default_context, encode_image
+from .evaluate import output_rgb
 from .errors import InputError, UsageError
 from .imageio import SourceImage, load_image
 from .metrics import bits_per_pixel, fidelity
@@ -232,7 +233,6 @@ def _compare_one(
     """Code one image with ccacodec and every codec at its size; measure; crop the differing regions."""
     original = folder / "original.png"
     Image.fromarray(image.rgb).save(original, compress_level=6)
-    root = folder.parent
     ours, decoded = _code_ours(image, folder, model, quality, target, context, device, precision, effort)
     versions, outputs = [ours], {OURS: decoded}
     failures = []
@@ -247,16 +247,11 @@ def _compare_one(
                 continue
             versions.append(version)
             outputs[codec.key] = rgb
-    for version in versions:
-        version.file = str(Path(version.file).relative_to(root))
-        version.decoded = str(Path(version.decoded).relative_to(root))
     regions = [_crop_region(box, spread, image.rgb, outputs, folder, index) for index, (box, spread) in enumerate(
         differing_regions(image.rgb, list(outputs.values()), REGIONS, min(CROP_SIDE, image.width, image.height))
     )]
-    for region in regions:
-        region.crops = {name: (str(Path(a).relative_to(root)), str(Path(b).relative_to(root))) for name, (a, b) in region.crops.items()}
     return ImageReport(
-        image=label, width=image.width, height=image.height, folder=stem, original=str(original.relative_to(root)),
+        image=label, width=image.width, height=image.height, folder=stem, original=_in_report(original, folder),
         codecs=versions, failures=failures, regions=regions,
     )
 
@@ -280,7 +275,7 @@ def _code_ours(
     start = time.perf_counter()
     decoded = decode_image(path.read_bytes(), model, device=device, precision=precision)
     decode_s = time.perf_counter() - start
-    rgb = np.repeat(decoded.rgb[..., :1], 3, axis=2) if decoded.color_mode == "gray" else decoded.rgb
+    rgb = output_rgb(decoded)
     version = _measured(
         image, rgb, folder, name=OURS, label=f"ccacodec {model.model_id} ({context})",
         setting=f"quality {quality:g}" + (f", effort {effort}" if effort > 1 else ""),
@@ -376,15 +371,21 @@ def _measured(
     image: SourceImage, rgb: np.ndarray, folder: Path, *, name: str, label: str, setting: str, file_bytes: int,
     encode_s: float, decode_s: float, file: Path,
 ) -> Version:
-    """A :class:`Version` with its measures against ``image``; its decoding saved as ``<name>.png``."""
+    """A :class:`Version` with its measures against ``image``; its decoding saved as ``<name>.png`` in the
+    image's ``folder``."""
     decoded = folder / f"{name}.png"
     Image.fromarray(np.ascontiguousarray(rgb)).save(decoded, compress_level=6)
     measured = fidelity(image.rgb, rgb)
     return Version(
         name=name, label=label, setting=setting, bytes=file_bytes, bpp=bits_per_pixel(file_bytes, image.width, image.height),
         psnr=measured.psnr, ms_ssim=measured.ms_ssim, ssimulacra2=measured.ssimulacra2,
-        encode_s=encode_s, decode_s=decode_s, file=str(file), decoded=str(decoded),
+        encode_s=encode_s, decode_s=decode_s, file=_in_report(file, folder), decoded=_in_report(decoded, folder),
     )
+
+
+def _in_report(path: Path, folder: Path) -> str:
+    """``path``, a file under an image's ``folder`` of the report, relative to the report folder."""
+    return str(path.relative_to(folder.parent))
 
 
 def differing_regions(
@@ -439,5 +440,5 @@ def _crop_region(
         a, b = crops_dir / f"r{index + 1}-{name}.png", crops_dir / f"r{index + 1}-{name}-x{ZOOM}.png"
         Image.fromarray(np.ascontiguousarray(full)).save(a)
         Image.fromarray(np.ascontiguousarray(zoomed)).save(b)
-        region.crops[name] = (str(a), str(b))
+        region.crops[name] = (_in_report(a, folder), _in_report(b, folder))
     return region

@@ -458,30 +458,42 @@ def _fmt(value: float | None, digits: int) -> str:
 def markdown_table(results: dict[str, dict], label: str = "context") -> str:
     """The per-quality averages of every result (context mode, or compared codec: ``label``
     names the first column) as one markdown table; payload bpp is n/a where not measured."""
-    lines = [
-        f"| {label} | quality | bpp | payload bpp | PSNR-RGB (dB) | MS-SSIM | SSIMULACRA2 | enc (s) | dec (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [f"| {label} | " + " | ".join(_QUALITY_COLUMNS) + " |", "|---|" + "---:|" * len(_QUALITY_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _quality_rows(results)]
+    return "\n".join(lines)
+
+
+_QUALITY_COLUMNS = ("quality", "bpp", "payload bpp", "PSNR-RGB (dB)", "MS-SSIM", "SSIMULACRA2", "enc (s)", "dec (s)")
+"""The per-quality table's columns after the first (the curve)."""
+
+
+def _quality_rows(results: dict[str, dict]) -> list[list[str]]:
+    """The per-quality averages of every result as table cells: its key (the label), then _QUALITY_COLUMNS."""
+    rows = []
     for key, result in results.items():
         r = result["results"]
         payload = r.get("bpp-payload", [None] * len(r["quality"]))
         for i, q in enumerate(r["quality"]):
-            lines.append(
-                f"| {key} | {q:g} | {_fmt(r['bpp'][i], 4)} | {_fmt(payload[i], 4)} | "
-                f"{_fmt(r['psnr-rgb'][i], 2)} | {_fmt(r['ms-ssim-rgb'][i], 4)} | {_fmt(r['ssimulacra2'][i], 2)} | "
-                f"{_fmt(r['encoding_time'][i], 3)} | {_fmt(r['decoding_time'][i], 3)} |"
-            )
-    return "\n".join(lines)
+            rows.append([
+                key, f"{q:g}", _fmt(r["bpp"][i], 4), _fmt(payload[i], 4), _fmt(r["psnr-rgb"][i], 2),
+                _fmt(r["ms-ssim-rgb"][i], 4), _fmt(r["ssimulacra2"][i], 2), _fmt(r["encoding_time"][i], 3),
+                _fmt(r["decoding_time"][i], 3),
+            ])
+    return rows
 
 
 def markdown_bd_table(rows: list[dict]) -> str:
     """Rows of :func:`bd_table` as a markdown table."""
     lines = ["| curve | anchor | BD-rate (%) | BD-PSNR (dB) | note |", "|---|---|---:|---:|---|"]
-    for row in rows:
-        rate = "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}"
-        gain = "n/a" if row["bd_psnr"] is None else f"{row['bd_psnr']:+.3f}"
-        lines.append(f"| {row['curve']} | {row['anchor']} | {rate} | {gain} | {row['note'] or ''} |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in map(_bd_cells, rows)]
     return "\n".join(lines)
+
+
+def _bd_cells(row: dict) -> list[str]:
+    """A row of :func:`bd_table` as table cells: curve, anchor, BD-rate, BD-PSNR, note."""
+    rate = "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}"
+    gain = "n/a" if row["bd_psnr"] is None else f"{row['bd_psnr']:+.3f}"
+    return [row["curve"], row["anchor"], rate, gain, row["note"] or ""]
 
 
 STRIP_SIDE = 256
@@ -543,25 +555,10 @@ def write_html_report(
 
     strip = [StripPicture("original", "", None, None, png(image.rgb))]
     strip += [StripPicture(label, setting, bpp, psnr_db, png(rgb)) for label, setting, bpp, psnr_db, rgb in coded]
-    rd_rows = []
-    for key, result in {**results, **compared}.items():
-        r = result["results"]
-        for i, q in enumerate(r["quality"]):
-            payload = r.get("bpp-payload", [None] * len(r["quality"]))[i]
-            rd_rows.append([
-                result["name"], f"{q:g}", _fmt(r["bpp"][i], 4), _fmt(payload, 4), _fmt(r["psnr-rgb"][i], 2),
-                _fmt(r["ms-ssim-rgb"][i], 4), _fmt(r["ssimulacra2"][i], 2), _fmt(r["encoding_time"][i], 3),
-                _fmt(r["decoding_time"][i], 3),
-            ])
-    tables = [("Per quality (means over the images)", html_table(
-        ["curve", "quality", "bpp", "payload bpp", "PSNR-RGB (dB)", "MS-SSIM", "SSIMULACRA2", "enc (s)", "dec (s)"], rd_rows
-    ))]
+    by_name = {result["name"]: result for result in (*results.values(), *compared.values())}
+    tables = [("Per quality (means over the images)", html_table(["curve", *_QUALITY_COLUMNS], _quality_rows(by_name)))]
     if anchor_paths or compared:
-        bd_rows = [
-            [row["curve"], row["anchor"], "n/a" if row["bd_rate"] is None else f"{row['bd_rate']:+.2f}",
-             "n/a" if row["bd_psnr"] is None else f"{row['bd_psnr']:+.3f}", row["note"] or ""]
-            for row in bd_table(results, anchor_paths, compared)
-        ]
+        bd_rows = [_bd_cells(row) for row in bd_table(results, anchor_paths, compared)]
         tables.append(("BD-rate (negative: ours needs fewer bits)", html_table(
             ["curve", "against", "BD-rate (%)", "BD-PSNR (dB)", "note"], bd_rows
         )))
