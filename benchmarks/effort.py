@@ -7,8 +7,12 @@ Every image is encoded at every quality and effort with :func:`cca_codec.codec.e
 ``ccacodec encode --effort N`` runs), with the given model and its default context, on the CPU, then decoded
 by the unchanged decoder: bpp from the file size, PSNR-RGB per image then averaged (as ``ccacodec eval``).
 ``--crop WxH`` codes the centre WxH of each image instead of all of it (a cheaper probe; say so when quoting).
-The table gives per effort: refinement steps, mean bpp and PSNR per quality, BD-rate against effort 1 over
-the qualities, and the median encode seconds per image (per quality, the median over images).
+The table gives per effort: refinement steps, mean bpp and PSNR per quality, BD-rate against the lowest effort
+over the qualities, and the median encode seconds per image (per quality, the median over images).
+
+With ``--json FILE`` the file is rewritten after every encoding, and the records it already holds (same crop)
+are kept and not measured again: a long sweep can be stopped, resumed, or extended by more efforts later; the
+table covers every effort in the file.
 """
 from __future__ import annotations
 
@@ -41,14 +45,20 @@ def centre_crop(image: SourceImage, size: tuple[int, int] | None) -> SourceImage
     return SourceImage(rgb=rgb, color_mode="rgb", bit_depth=8)
 
 
-def measure(images: list[Path], qualities: list[float], efforts: list[int], crop: tuple[int, int] | None, say) -> list[dict]:
-    """One record per (image, quality, effort): bpp, PSNR, encode seconds."""
+def measure(
+    images: list[Path], qualities: list[float], efforts: list[int], crop: tuple[int, int] | None,
+    records: list[dict], say, saved,
+) -> list[dict]:
+    """Add to ``records`` one record per (image, quality, effort) it lacks: bpp, PSNR, encode seconds;
+    ``saved(records)`` after each."""
     model = load_model()
-    records = []
+    done = {(r["image"], r["quality"], r["effort"]) for r in records}
     for path in images:
         image = centre_crop(load_image(path), crop)
         for q in qualities:
             for effort in efforts:
+                if (path.name, q, effort) in done:
+                    continue
                 start = time.perf_counter()
                 data = encode_image(image, model, quality=q, device="cpu", effort=effort)
                 seconds = time.perf_counter() - start
@@ -59,12 +69,21 @@ def measure(images: list[Path], qualities: list[float], efforts: list[int], crop
                     "encode_s": seconds,
                 }
                 records.append(record)
+                saved(records)
                 say(f"{path.name} q{q:g} effort {effort}: {record['bpp']:.4f} bpp, {record['psnr']:.3f} dB, {seconds:.1f} s")
     return records
 
 
-def summarize(records: list[dict], qualities: list[float], efforts: list[int]) -> list[dict]:
-    """Per effort: the mean curve, its BD-rate against effort 1, and the median encode seconds."""
+def summarize(records: list[dict], qualities: list[float]) -> list[dict]:
+    """Per effort in ``records``: the mean curve over the images every effort has at every quality, its BD-rate
+    against the lowest effort, and the median encode seconds."""
+    efforts = sorted({r["effort"] for r in records})
+    complete = [
+        name for name in dict.fromkeys(r["image"] for r in records)
+        if all(any(r["image"] == name and r["effort"] == e and r["quality"] == q for r in records) for e in efforts for q in qualities)
+    ]
+    records = [r for r in records if r["image"] in complete]
+
     def curve(effort: int) -> tuple[list[float], list[float]]:
         rows = [[r for r in records if r["effort"] == effort and r["quality"] == q] for q in qualities]
         return [statistics.fmean(r["bpp"] for r in row) for row in rows], [statistics.fmean(r["psnr"] for r in row) for row in rows]
@@ -75,14 +94,14 @@ def summarize(records: list[dict], qualities: list[float], efforts: list[int]) -
         bpp, db = curve(effort)
         seconds = statistics.median(r["encode_s"] for r in records if r["effort"] == effort)
         table.append({
-            "effort": effort, "steps": EFFORT_STEPS[effort], "bpp": bpp, "psnr": db,
+            "effort": effort, "steps": EFFORT_STEPS[effort], "images": len(complete), "bpp": bpp, "psnr": db,
             "bd_rate_vs_first": 0.0 if effort == efforts[0] else bd_rate(*base, bpp, db), "encode_s_median": seconds,
         })
     return table
 
 
 def markdown(table: list[dict], qualities: list[float]) -> str:
-    head = "| effort | steps | " + " | ".join(f"q{q:g} bpp / dB" for q in qualities) + " | BD-rate vs effort 1 | encode s / image |"
+    head = "| effort | steps | " + " | ".join(f"q{q:g} bpp / dB" for q in qualities) + f" | BD-rate vs effort {table[0]['effort']} | encode s / image |"
     lines = [head, "|---:|---:|" + "---:|" * len(qualities) + "---:|---:|"]
     for row in table:
         points = " | ".join(f"{b:.4f} / {p:.2f}" for b, p in zip(row["bpp"], row["psnr"]))
@@ -95,7 +114,7 @@ def main() -> None:
     p.add_argument("directory", type=Path)
     p.add_argument("--limit", type=int, default=6)
     p.add_argument("--qualities", default="2,4,6,8")
-    p.add_argument("--efforts", default="1,3,5,7,9", help="comma-separated; the first is the reference")
+    p.add_argument("--efforts", default="1,3,5,7,9", help="comma-separated efforts to measure; the lowest in the results is the reference")
     p.add_argument("--crop", default=None, metavar="WxH", help="code the centre WxH of each image")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
@@ -105,14 +124,28 @@ def main() -> None:
     efforts = [int(e) for e in args.efforts.split(",")]
     crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
     images = find_images(args.directory, args.limit)
-    records = measure(images, qualities, efforts, crop, lambda line: print(line, file=sys.stderr, flush=True))
-    table = summarize(records, qualities, efforts)
-    print(markdown(table, qualities))
-    if args.json is not None:
+    records: list[dict] = []
+    if args.json is not None and args.json.exists():
+        earlier = json.loads(args.json.read_text())
+        if earlier.get("crop") != args.crop:
+            sys.exit(f"{args.json} holds records for crop {earlier.get('crop')}, not {args.crop}")
+        records = earlier["records"]
+
+    def saved(records: list[dict], table: list[dict] | None = None) -> None:
+        if args.json is None:
+            return
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "images": [p.name for p in images], "crop": args.crop, "threads": args.threads, "table": table, "records": records,
+        names = list(dict.fromkeys(r["image"] for r in records))
+        partial = args.json.with_name(args.json.name + ".partial")
+        partial.write_text(json.dumps({
+            "images": names, "crop": args.crop, "threads": args.threads, "table": table, "records": records,
         }, indent=2) + "\n")
+        partial.replace(args.json)
+
+    measure(images, qualities, efforts, crop, records, lambda line: print(line, file=sys.stderr, flush=True), saved)
+    table = summarize(records, qualities)
+    print(markdown(table, qualities))
+    saved(records, table)
 
 
 if __name__ == "__main__":

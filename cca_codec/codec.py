@@ -167,10 +167,12 @@ def _z_symbols_layout(z_shape: torch.Size) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Refinement:
-    """Latent refinement for an effort above 1 (cca_codec.refine): its schedule and the quality's lambda."""
+    """Latent refinement for an effort above 1 (cca_codec.refine): its schedule, the quality's lambda,
+    and the weight of each pixel of the padded tile in the image, (1, 1, H, W) (see refine_latents)."""
 
     schedule: Schedule
     lam: float
+    pixel_weights: Tensor
     progress: Callable[[int], None] | None = None
 
 
@@ -200,7 +202,7 @@ def encode_tile(
         with timer.stage(REFINE):
             y = refine_latents(
                 net, x.to(dev), y, latent_means, latent_scales, g_y_inv, refinement.lam, checkerboard,
-                refinement.schedule, c.precision, refinement.progress,
+                refinement.schedule, c.precision, refinement.progress, pixel_weights=refinement.pixel_weights,
             )
     with torch.inference_mode():
         y64 = y.to(ENTROPY_DTYPE)
@@ -267,6 +269,14 @@ def _span(region: tuple[slice, slice]) -> tuple[int, int]:
     return rows.stop - rows.start, cols.stop - cols.start
 
 
+def _pixel_weights(layout: TileLayout, index: int, padded: torch.Size) -> Tensor:
+    """(1, 1, H, W) float32: tile ``index``'s blending weights over its extent, 0 on the padding to ``padded``."""
+    rows, cols = layout.weights(index)
+    weights = torch.zeros((1, 1, *padded), dtype=torch.float32)
+    weights[0, 0, : rows.size, : cols.size] = torch.from_numpy(np.outer(rows, cols))
+    return weights
+
+
 def _padded(size: tuple[int, int], align: int) -> tuple[int, int]:
     """`size` rounded up to multiples of `align`."""
     return size[0] + (-size[0]) % align, size[1] + (-size[1]) % align
@@ -314,7 +324,7 @@ def encode_image(
         if schedule is not None:
             done, total = index * schedule.steps, layout.count * schedule.steps
             report = None if progress is None else (lambda step, done=done: progress(done + step + 1, total))
-            refinement = Refinement(schedule, model.lam(q), report)
+            refinement = Refinement(schedule, model.lam(q), _pixel_weights(layout, index, x.shape[-2:]), report)
         stream, crc = encode_tile(c, x, chosen.gain_quality, mode == "checkerboard", timer, refinement)
         tiles.append(TilePayload(index, crc, stream))
     header = Header(

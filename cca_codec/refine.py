@@ -13,6 +13,11 @@ Mandt, "Improving Inference for Neural Image Compression", NeurIPS 2020): y - mu
 of its floor and ceiling whose temperature falls towards hard rounding, so the rate the optimizer
 sees is that of (nearly) integer symbols. The result is an ordinary y: the codec rounds y - mu and
 codes it as always, so the file, the decoder and its determinism are unchanged.
+
+Pixels count as much as they count in the decoded image: the squared errors are weighted by the
+tile's blending weights (cca_codec.tiling; 1 inside its core, ramping across the bands a
+neighbouring tile codes too) and by 0 on the padding up to the network's alignment, and R and the
+MSE are per pixel of that total weight.
 """
 from __future__ import annotations
 
@@ -109,6 +114,7 @@ def refine_latents(
     precision: str = "fp32",
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
+    pixel_weights: Tensor | None = None,
 ) -> Tensor:
     """Optimize the latents of one tile; returns the refined y (same shape and dtype as ``y``).
 
@@ -121,6 +127,7 @@ def refine_latents(
             a copy of the network's, since only the final y, coded as always, must be exact.
         progress: called after each step with the step's index.
         seed: the SGA noise's seed: the same inputs give the same y on the same machine.
+        pixel_weights: (1, 1, H, W) weight of each pixel's squared error, >= 0 (None: all 1).
     """
     context = copy.deepcopy(net.context).float()  # the coding copy runs in float64: too slow to differentiate
     target = x.detach().clone().float()
@@ -129,7 +136,12 @@ def refine_latents(
     latents = y.detach().clone().float().requires_grad_(True)
     optimizer = torch.optim.Adam([latents], lr=schedule.lr)
     generator = torch.Generator(device=latents.device).manual_seed(seed)
-    pixels = x.shape[-2] * x.shape[-1]
+    if pixel_weights is None:
+        pixel_weights = torch.ones_like(target[:, :1])
+    pixel_weights = pixel_weights.detach().to(target.device, torch.float32)
+    pixels = float(pixel_weights.sum())
+    if not pixels > 0:
+        raise ValueError("refine_latents: the pixel weights sum to zero")
     with torch.enable_grad():
         for step in range(schedule.steps):
             tau = schedule.tau(step)
@@ -140,7 +152,8 @@ def refine_latents(
             with transform_context(precision, latents.device, synthesis=True):
                 x_hat = net.g_s(transform_input(y_hat * inverse_gain, precision))
             rate = bits(likelihoods).sum() / pixels
-            loss = rate + lam * 255**2 * (x_hat.float() - target).pow(2).mean()
+            squared_error = (x_hat.float() - target).pow(2).mean(dim=1, keepdim=True)
+            loss = rate + lam * 255**2 * (squared_error * pixel_weights).sum() / pixels
             (gradient,) = torch.autograd.grad(loss, [latents])
             for group in optimizer.param_groups:
                 group["lr"] = schedule.learning_rate(step)

@@ -110,3 +110,42 @@ def test_command_line_effort(tmp_path):
     assert decoded.exit_code == 0
     bad = CliRunner().invoke(cli, ["encode", str(source), "-o", str(tmp_path / "x.cca"), "--effort", "10"])
     assert bad.exit_code == UsageError.exit_code and not (tmp_path / "x.cca").exists()
+
+
+def test_pixels_outside_the_image_do_not_steer_the_refinement(shipped, crop):
+    net = shipped.at_quality(4).net
+    x = torch.from_numpy(crop.rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = net.g_a(x)
+    means, scales, inverse_gain = torch.zeros_like(y), torch.ones_like(y), torch.ones(1, y.shape[1], 1, 1)
+    weights = torch.ones(1, 1, *x.shape[-2:])
+    weights[..., 64:] = 0  # as the padding right of a 64-pixel-wide image
+    elsewhere = x.clone()
+    elsewhere[..., 64:] = torch.rand(elsewhere[..., 64:].shape, generator=torch.Generator().manual_seed(3))
+
+    def refined(target: torch.Tensor, pixel_weights: torch.Tensor | None) -> torch.Tensor:
+        return refine.refine_latents(
+            net, target, y, means, scales, inverse_gain, shipped.lam(4), True, refine.Schedule(3), pixel_weights=pixel_weights
+        )
+
+    assert torch.equal(refined(x, weights), refined(elsewhere, weights))
+    assert not torch.equal(refined(x, None), refined(elsewhere, None))
+    with pytest.raises(ValueError, match="sum to zero"):
+        refined(x, torch.zeros_like(weights))
+
+
+def test_pixel_weights_are_the_blend_weights_and_zero_on_the_padding():
+    from cca_codec.codec import _padded, _pixel_weights
+    from cca_codec.tiling import choose_layout
+
+    layout = choose_layout(150, 200, 64, 64)
+    assert layout.count > 1
+    total = np.zeros((150, 200))
+    for index in range(layout.count):
+        rows, cols = layout.extent(index)
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        weights = _pixel_weights(layout, index, torch.Size(_padded((height, width), 64)))[0, 0].numpy()
+        assert weights.shape == _padded((height, width), 64) and weights.shape != (height, width)
+        assert not weights[height:].any() and not weights[:, width:].any()
+        total[rows, cols] += weights[:height, :width]
+    assert np.allclose(total, 1.0)  # every image pixel counts once, over the tiles that code it
