@@ -22,6 +22,12 @@ the probe closest to the target); or at an end of the range that still misses th
 close to linear in quality. Every probe keeps its file: no quality is encoded twice for an
 image, and the chosen file is the probe's own bytes.
 
+At an encoder effort above 1 every probe refines the latents (cca_codec.refine: tens of seconds
+where effort 1 takes one), so a *pilot* search at effort 1 first finds the quality for the target,
+and the search at the effort starts from there with the slope the pilot measured. Refinement moves
+a file's rate and PSNR a little at a given quality, so that first refined probe usually meets the
+target or lies next to it (docs/RESULTS.md, *Rate control at higher efforts*).
+
     result = encode_to_target(load_image("photo.png"), load_model(), Target("bpp", 0.5))
     result.data, result.quality, result.achieved, result.message
 """
@@ -38,6 +44,7 @@ from .codec import decode_image, encode_image
 from .errors import UsageError
 from .imageio import SourceImage
 from .metrics import bits_per_pixel, psnr
+from .refine import effort_schedule
 
 TARGET_KINDS = ("bpp", "psnr", "size")
 """What a target can name: bits per pixel of the file, PSNR-RGB in dB, file size in bytes."""
@@ -162,13 +169,17 @@ class RateResult:
         target: what was asked for.
         status: one of STATUSES.
         trial: the chosen probe (its ``data`` is the file).
-        trials: every probe in search order; ``len(trials)`` encodes were run.
+        trials: every probe at ``effort`` in search order; ``len(trials)`` such encodes were run.
+        effort: the encoder effort of the probes in ``trials``.
+        pilot: the probes of the pilot search at effort 1 that came first (none at effort 1).
     """
 
     target: Target
     status: str
     trial: Trial
     trials: tuple[Trial, ...]
+    effort: int = 1
+    pilot: tuple[Trial, ...] = ()
 
     @property
     def data(self) -> bytes:
@@ -194,7 +205,11 @@ class RateResult:
     def message(self) -> str:
         """One line saying what was chosen and how well it meets the target."""
         t, got = self.target, self.target.describe(self.achieved)
-        encodes = f"{len(self.trials)} encode{'s' if len(self.trials) != 1 else ''}"
+        encodes = _count(len(self.trials), "encode")
+        if self.effort > 1:
+            encodes += f" at effort {self.effort}"
+            if self.pilot:
+                encodes += f" after {_count(len(self.pilot), 'pilot encode')} at effort 1"
         if self.status == WITHIN:
             return f"quality {self.quality:g} gives {got} for a target of {t.describe()} (within {t.tolerance}), {encodes}"
         if self.status == CLOSEST:
@@ -216,8 +231,15 @@ class RateResult:
             "quality": self.quality,
             "encodes": len(self.trials),
             "tried": [[trial.quality, self.target.achieved(trial)] for trial in self.trials],
+            "effort": self.effort,
+            "pilot_encodes": len(self.pilot),
+            "pilot_tried": [[trial.quality, self.target.achieved(trial)] for trial in self.pilot],
             "message": self.message,
         }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def encode_to_target(
@@ -230,32 +252,64 @@ def encode_to_target(
     tile: int | None = None,
     precision: str = "auto",
     effort: int = 1,
+    pilot: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> RateResult:
     """Encode ``image`` at the quality that meets ``target`` (see the module's description).
 
     ``context``, ``device``, ``tile``, ``precision``, ``effort`` and ``progress`` are passed to
     :func:`cca_codec.codec.encode_image` (and the device and precision to the decoder, for PSNR targets):
-    every probe is a real encoding at that effort. A target out of the model's reach is not an error:
-    the result is the nearest end of the quality range, with ``status`` saying so.
+    every probe is a real encoding, the chosen one at ``effort``. Above effort 1 a pilot search at
+    effort 1 comes first unless ``pilot`` is False (then every probe is at ``effort``, from the
+    default quality). A target out of the model's reach is not an error: the result is the nearest
+    end of the quality range, with ``status`` saying so.
+
+    Raises:
+        UsageError: an effort outside 1..9 (before anything is encoded).
     """
+    effort_schedule(effort)
     qualities = searched_qualities(model)
+    coding = {"context": context, "device": device, "tile": tile, "precision": precision}
+    start, slope, pilot_trials = _nearest(qualities, model.default_quality), _PRIOR_SLOPE[target.kind], ()
+    if effort > 1 and pilot:
+        index, _, pilot_trials = _search(image, model, target, qualities, start, slope, coding)
+        start, slope = index, _measured_slope(target, pilot_trials, qualities[index]) or slope
+    index, status, trials = _search(image, model, target, qualities, start, slope, coding, effort, progress)
+    chosen = next(trial for trial in trials if trial.quality == qualities[index])
+    return RateResult(target, status, chosen, trials, effort, pilot_trials)
+
+
+def _search(
+    image: SourceImage, model: LoadedModel, target: Target, qualities: list[float], start: int, slope: float,
+    coding: dict, effort: int = 1, progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, str, tuple[Trial, ...]]:
+    """:func:`search_grid` over real encodings at ``effort`` from grid index ``start``: (index, status, probes)."""
     trials: list[Trial] = []
 
     def probe(index: int) -> tuple[float, bool]:
-        data = encode_image(
-            image, model, quality=qualities[index], context=context, device=device, tile=tile, precision=precision,
-            effort=effort, progress=progress,
-        )
-        fidelity = _decoded_psnr(image, data, model, device, precision) if target.kind == "psnr" else None
+        data = encode_image(image, model, quality=qualities[index], effort=effort, progress=progress, **coding)
+        fidelity = _decoded_psnr(image, data, model, coding["device"], coding["precision"]) if target.kind == "psnr" else None
         trials.append(Trial(qualities[index], data, bits_per_pixel(len(data), image.width, image.height), fidelity))
         achieved = target.achieved(trials[-1])
         return target.error(achieved), target.within(achieved)
 
-    start = _nearest(qualities, model.default_quality)
-    index, status = search_grid(probe, qualities, start, _PRIOR_SLOPE[target.kind])
-    chosen = next(trial for trial in trials if trial.quality == qualities[index])
-    return RateResult(target, status, chosen, tuple(trials))
+    index, status = search_grid(probe, qualities, start, slope)
+    return index, status, tuple(trials)
+
+
+def _measured_slope(target: Target, trials: Sequence[Trial], quality: float) -> float | None:
+    """The secant slope of the target's error between the probe at ``quality`` and the probe nearest it
+    (None with a single probe, or a slope that is not positive and finite)."""
+    others = [t for t in trials if t.quality != quality]
+    if not others:
+        return None
+    here = next(t for t in trials if t.quality == quality)
+    near = min(others, key=lambda t: abs(t.quality - quality))
+    try:
+        slope = (target.error(target.achieved(here)) - target.error(target.achieved(near))) / (here.quality - near.quality)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return slope if math.isfinite(slope) and slope > 0 else None
 
 
 def searched_qualities(model: LoadedModel) -> list[float]:

@@ -260,3 +260,30 @@ def test_cli_bad_targets_exit_2_with_one_line(on_path, tmp_path, options, messag
     assert result.stderr.splitlines() == [f"ccacodec: error: {result.stderr.strip().split('error: ', 1)[1]}"]
     assert message in result.stderr
     assert not (tmp_path / "x.cca").exists()
+
+
+def test_rate_control_at_an_effort_searches_at_effort_1_first(shipped):
+    image = photo(64, 96)
+    low, high = rate_range(shipped, image)
+    goal = round(math.sqrt(low * high), 3)
+    result = encode_to_target(image, shipped, Target("bpp", goal), device="cpu", effort=2)
+    assert result.met and result.effort == 2, result.message
+    assert result.pilot and all(trial.quality != result.quality or trial.data != result.data for trial in result.pilot)
+    assert result.data == encode_image(image, shipped, quality=result.quality, device="cpu", effort=2)
+    assert f"at effort 2 after {len(result.pilot)} pilot encode" in result.message
+    record = result.to_dict()
+    assert (record["effort"], record["pilot_encodes"], record["encodes"]) == (2, len(result.pilot), len(result.trials))
+    assert len(result.trials) <= len(result.pilot) + 1  # the pilot leaves the refined search little to do
+
+    direct = encode_to_target(image, shipped, Target("bpp", goal), device="cpu", effort=2, pilot=False)
+    assert direct.met and direct.pilot == () and "pilot" not in direct.message
+    for trial in direct.trials:
+        assert trial.data == encode_image(image, shipped, quality=trial.quality, device="cpu", effort=2)
+
+
+def test_a_bad_effort_is_refused_before_any_encoding(shipped, monkeypatch):
+    import cca_codec.ratecontrol as ratecontrol
+
+    monkeypatch.setattr(ratecontrol, "encode_image", lambda *a, **k: pytest.fail("encoded"))
+    with pytest.raises(UsageError, match="effort"):
+        encode_to_target(photo(32, 48), shipped, Target("bpp", 0.5), device="cpu", effort=10)
