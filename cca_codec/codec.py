@@ -11,6 +11,8 @@ table as `SymbolEncoder` describes. Symbols are in (channel, row, column) order 
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,7 +29,7 @@ from .imageio import DecodedImage, SourceImage
 from .nn.context import Folds, anchor_mask
 from .nn.model import CCAModel
 from .precision import layout_transforms, resolve_precision, transform_context, transform_input
-from .refine import Schedule, effort_schedule, refine_latents
+from .refine import Schedule, TableRate, effort_schedule, refine_latents
 from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, REFINE, StageTimer, entropy_step
 from .tiling import BlendAssembler, TileLayout, choose_layout
 
@@ -48,6 +50,11 @@ class _Coding:
     y_tables: CDFTables
     scale_table: ScaleTable
     folds: Folds
+
+    @functools.cached_property
+    def z_rate(self) -> TableRate:
+        """The bits of z's symbols for latent refinement (built on first use: effort 1 needs none)."""
+        return TableRate(self.z_tables, self.device)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -194,16 +201,18 @@ def encode_tile(
             z = (net.h_a(y) * g_z.float()).to(ENTROPY_DTYPE)
             if not (torch.isfinite(y).all() and torch.isfinite(z).all()):
                 raise ModelError("the network produced non-finite latents (broken weights?)")
+    if refinement is not None:
+        with timer.stage(REFINE):
+            y, z = refine_latents(
+                net, x.to(dev), y, z, g_y_inv, g_z_inv, c.z_rate, refinement.lam, checkerboard, refinement.schedule,
+                c.precision, refinement.progress, pixel_weights=refinement.pixel_weights,
+            )
+    with torch.inference_mode():
+        with timer.stage(HYPERPRIOR):
             medians = net.entropy_bottleneck._get_medians().detach().to(dev, ENTROPY_DTYPE)
             z_sym = torch.round(z - medians)
             enc.encode(z_sym.cpu().numpy().reshape(-1), _z_symbols_layout(z.shape), c.z_tables)
             latent_means, latent_scales = net.hyper_parameters(z_sym + medians, g_z_inv)
-    if refinement is not None:
-        with timer.stage(REFINE):
-            y = refine_latents(
-                net, x.to(dev), y, latent_means, latent_scales, g_y_inv, refinement.lam, checkerboard,
-                refinement.schedule, c.precision, refinement.progress, pixel_weights=refinement.pixel_weights,
-            )
     with torch.inference_mode():
         y64 = y.to(ENTROPY_DTYPE)
         offsets = np.cumsum([0, *net.context.sizes])

@@ -14,6 +14,7 @@ from cca_codec.checkpoint import load_model
 from cca_codec.cli import cli
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.container import read_container
+from cca_codec.entropy.tables import CDFTables
 from cca_codec.errors import UsageError
 from cca_codec.imageio import SourceImage
 from cca_codec.metrics import bits_per_pixel
@@ -117,21 +118,45 @@ def test_pixels_outside_the_image_do_not_steer_the_refinement(shipped, crop):
     x = torch.from_numpy(crop.rgb).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         y = net.g_a(x)
-    means, scales, inverse_gain = torch.zeros_like(y), torch.ones_like(y), torch.ones(1, y.shape[1], 1, 1)
+        z = net.h_a(y)
+    gains = torch.ones(1, y.shape[1], 1, 1), torch.ones(1, z.shape[1], 1, 1)
+    z_rate = refine.TableRate(CDFTables.from_module(net.entropy_bottleneck), torch.device("cpu"))
     weights = torch.ones(1, 1, *x.shape[-2:])
     weights[..., 64:] = 0  # as the padding right of a 64-pixel-wide image
     elsewhere = x.clone()
     elsewhere[..., 64:] = torch.rand(elsewhere[..., 64:].shape, generator=torch.Generator().manual_seed(3))
 
     def refined(target: torch.Tensor, pixel_weights: torch.Tensor | None) -> torch.Tensor:
-        return refine.refine_latents(
-            net, target, y, means, scales, inverse_gain, shipped.lam(4), True, refine.Schedule(3), pixel_weights=pixel_weights
+        y_new, z_new = refine.refine_latents(
+            net, target, y, z, *gains, z_rate, shipped.lam(4), True, refine.Schedule(3), pixel_weights=pixel_weights
         )
+        assert y_new.shape == y.shape and z_new.shape == z.shape and not torch.equal(z_new, z)  # z is refined too
+        return torch.cat([y_new.flatten(), z_new.flatten()])
 
     assert torch.equal(refined(x, weights), refined(elsewhere, weights))
     assert not torch.equal(refined(x, None), refined(elsewhere, None))
     with pytest.raises(ValueError, match="sum to zero"):
         refined(x, torch.zeros_like(weights))
+
+
+def test_z_rate_is_what_the_z_tables_charge_and_interpolates_between_symbols(shipped):
+    tables = CDFTables.from_module(shipped.net.entropy_bottleneck)
+    z_rate = refine.TableRate(tables, torch.device("cpu"))
+    channels = len(tables)
+    j = 2
+    values = torch.arange(tables.escape_value(j), dtype=torch.float32)
+    symbols = torch.zeros(1, channels, 1, values.numel())
+    symbols[0, j, 0] = values + float(tables.offset[j])
+    charged = z_rate(symbols)[0, j, 0]
+    row = tables.cdf[j, : tables.length[j]]
+    expected = -np.log2(np.diff(row)[: values.numel()] / row[-1])
+    assert np.allclose(charged.numpy(), expected, atol=1e-4)
+    middle = symbols.clone()
+    middle[0, j, 0, :-1] += 0.25
+    between = z_rate(middle)[0, j, 0, :-1]
+    assert torch.allclose(between, 0.75 * charged[:-1] + 0.25 * charged[1:], atol=1e-4)
+    far = torch.full((1, channels, 1, 1), 1e4)
+    assert torch.isfinite(z_rate(far)).all()  # past the range: the escape's cost
 
 
 def test_pixel_weights_are_the_blend_weights_and_zero_on_the_padding():
