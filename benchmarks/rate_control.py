@@ -8,11 +8,12 @@ Every image is coded towards every target with :func:`cca_codec.ratecontrol.enco
 The table gives, per target: images that met it within the tolerance, images whose target lies outside
 the model's range (coded at the nearest end), the mean and largest absolute deviation of the images
 that were in range (relative for bpp, dB for PSNR), the mean PSNR of the chosen files, the mean and largest
-number of encodes (at an effort above 1: refined encodes + pilot encodes at effort 1), and seconds per image.
+number of encodes, and seconds per image.
 
 At an effort above 1 it also gives what refining once would give, the first refined probe (at the quality
-the pilot found): how many of those met the target, and their mean PSNR. ``--no-pilot`` searches at the
-effort from the default quality instead (every probe refined), to compare the two per second.
+the pilot found): how many of those met the target, and their mean PSNR; mean encodes are refined + pilot ones.
+``--no-pilot`` searches at the effort from the default quality instead (every probe refined), to compare the two
+per second.
 """
 from __future__ import annotations
 
@@ -71,13 +72,13 @@ def decoded_psnr(image, data: bytes, model) -> float:
     return psnr(image.rgb, decode_image(data, model, device="cpu").rgb)
 
 
-def table(records: list[dict], targets: list[Target], effort: int = 1) -> str:
-    """The markdown summary, one row per target."""
-    refined = effort > 1
+def table(records: list[dict], targets: list[Target], effort: int = 1, pilot: bool = True) -> str:
+    """The markdown summary, one row per target (refining once: only after a pilot search)."""
+    once_columns = effort > 1 and pilot
     lines = [
         "| target | met (tolerance) | out of range | mean deviation in range | largest deviation in range | mean PSNR "
-        "| mean encodes | max encodes | s per image |" + (" refine once: met | refine once: mean PSNR |" if refined else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if refined else ""),
+        "| mean encodes | max encodes | s per image |" + (" refine once: met | refine once: mean PSNR |" if once_columns else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if once_columns else ""),
     ]
     for target in targets:
         rows = [r for r in records if r["target"] == target.kind and r["value"] == target.value]
@@ -87,7 +88,7 @@ def table(records: list[dict], targets: list[Target], effort: int = 1) -> str:
         met = sum(r["status"] == "within_tolerance" for r in rows)
         encodes = [r["encodes"] for r in rows]
         pilots = [r["pilot_encodes"] for r in rows]
-        count = (lambda n, p: f"{n:.2f} + {p:.2f}") if refined else (lambda n, p: f"{n:.2f}")
+        count = (lambda n, p: f"{n:.2f} + {p:.2f}") if once_columns else (lambda n, p: f"{n:.2f}")
         row = (
             f"| {target.describe()} | {met}/{len(rows)} ({target.tolerance}) | {len(out)} "
             f"| {unit(statistics.mean(inside)) if inside else '-'} | {unit(max(inside)) if inside else '-'} "
@@ -95,14 +96,14 @@ def table(records: list[dict], targets: list[Target], effort: int = 1) -> str:
             f"| {count(statistics.mean(encodes), statistics.mean(pilots))} | {max(encodes)} "
             f"| {statistics.mean(r['seconds'] for r in rows):.1f} |"
         )
-        if refined:
+        if once_columns:
             once = [r["first_refined"] for r in rows]
             row += f" {sum(o['within'] for o in once)}/{len(rows)} | {statistics.mean(o['psnr'] for o in once):.3f} |"
         lines.append(row)
     every = [r["encodes"] for r in records]
     lines.append("")
     lines.append(f"All {len(records)} searches: {statistics.mean(every):.2f} encodes at effort {effort} on average"
-                 + (f", after {statistics.mean(r['pilot_encodes'] for r in records):.2f} at effort 1." if refined else "."))
+                 + (f", after {statistics.mean(r['pilot_encodes'] for r in records):.2f} at effort 1." if once_columns else "."))
     return "\n".join(lines)
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     images = sorted(a.kodak.glob("*.png"))[: a.limit]
     targets = [Target("bpp", v) for v in a.bpp] + [Target("psnr", v) for v in a.psnr]
     records = measure(images, targets, a.model, a.effort, a.pilot)
-    print(table(records, targets, a.effort))
+    print(table(records, targets, a.effort, a.pilot))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({
