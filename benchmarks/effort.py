@@ -1,11 +1,11 @@
 """Encoder effort on Kodak: BD-rate against effort 1 and encode seconds per image, per effort level.
 
     python benchmarks/effort.py ../shared/data/kodak --limit 6 --qualities 2,4,6,8 --efforts 1,3,5,7,9 \
-        --threads 2 [--crop 384x256] --json results/effort.json
+        --threads 2 [--crop 384x256] [--device cuda] --json results/effort.json
 
 Every image is encoded at every quality and effort with :func:`cca_codec.codec.encode_image` (what
-``ccacodec encode --effort N`` runs), with the given model and its default context, on the CPU, then decoded
-by the unchanged decoder: bpp from the file size, PSNR-RGB per image then averaged (as ``ccacodec eval``).
+``ccacodec encode --effort N`` runs), with the given model and its default context, then decoded
+by the unchanged decoder (both on the CPU, or both on ``--device``): bpp from the file size, PSNR-RGB per image then averaged (as ``ccacodec eval``).
 ``--crop WxH`` codes the centre WxH of each image instead of all of it (a cheaper probe; say so when quoting).
 The table gives per effort: refinement steps, mean bpp and PSNR per quality, BD-rate against the lowest effort
 over the qualities, and the median encode seconds per image (per quality, the median over images).
@@ -47,7 +47,7 @@ def centre_crop(image: SourceImage, size: tuple[int, int] | None) -> SourceImage
 
 def measure(
     images: list[Path], qualities: list[float], efforts: list[int], crop: tuple[int, int] | None,
-    records: list[dict], say, saved,
+    records: list[dict], say, saved, device: str = "cpu",
 ) -> list[dict]:
     """Add to ``records`` one record per (image, quality, effort) it lacks: bpp, PSNR, encode seconds;
     ``saved(records)`` after each."""
@@ -60,9 +60,11 @@ def measure(
                 if (path.name, q, effort) in done:
                     continue
                 start = time.perf_counter()
-                data = encode_image(image, model, quality=q, device="cpu", effort=effort)
+                data = encode_image(image, model, quality=q, device=device, effort=effort)
+                if device == "cuda":
+                    torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
-                decoded = decode_image(data, model, device="cpu")
+                decoded = decode_image(data, model, device=device)
                 record = {
                     "image": path.name, "quality": q, "effort": effort, "bytes": len(data),
                     "bpp": bits_per_pixel(len(data), image.width, image.height), "psnr": psnr(image.rgb, decoded.rgb),
@@ -117,6 +119,7 @@ def main() -> None:
     p.add_argument("--efforts", default="1,3,5,7,9", help="comma-separated efforts to measure; the lowest in the results is the reference")
     p.add_argument("--crop", default=None, metavar="WxH", help="code the centre WxH of each image")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,11 +141,11 @@ def main() -> None:
         names = list(dict.fromkeys(r["image"] for r in records))
         partial = args.json.with_name(args.json.name + ".partial")
         partial.write_text(json.dumps({
-            "images": names, "crop": args.crop, "threads": args.threads, "table": table, "records": records,
+            "images": names, "crop": args.crop, "threads": args.threads, "device": args.device, "table": table, "records": records,
         }, indent=2) + "\n")
         partial.replace(args.json)
 
-    measure(images, qualities, efforts, crop, records, lambda line: print(line, file=sys.stderr, flush=True), saved)
+    measure(images, qualities, efforts, crop, records, lambda line: print(line, file=sys.stderr, flush=True), saved, args.device)
     table = summarize(records, qualities)
     print(markdown(table, qualities))
     saved(records, table)

@@ -2,8 +2,9 @@
 # One training chunk on a lent GPU machine (the `device` tool's `run`), in ONE call: install the carried
 # wheels, train for MINUTES (the trainer's recipe, bf16 + channels_last, with batch 16 x 256x256, lr 2e-4 and
 # EMA 0.999 unless flags say otherwise), export the
-# EMA weights, check the export through the real codec (encode on the GPU, decode on the CPU), and put the
-# weights, the log and the check file under $OUT (files over 16 MiB split into 15 MiB parts).
+# EMA weights, check the export through the real codec (encode on the GPU, decode on the CPU), time the encoder
+# efforts on the GPU (effort_gpu.json), and put the weights, the log and the check file under $OUT (files over
+# 16 MiB split into 15 MiB parts).
 #
 #   bash scripts/device_train.sh RUN MINUTES [trainer flags ...]
 #
@@ -48,6 +49,11 @@ export PYTHONUNBUFFERED=1
 "$py" -m cca_codec decode "$run/check.cca" -o "$run/check.png" --model "$run/export" --device cpu --quiet
 "$py" -m cca_codec.metrics samples/seeding.png "$run/check.png" --cca "$run/check.cca"
 
+if [ "$device" = cuda ]; then
+    # encoder effort on the GPU (issue 25): the sample at qualities 2/4/6/8, efforts 1, 5 and 9, with the shipped
+    # weights; seconds per encode and BD-rate against effort 1 (a few seconds on an H200)
+    "$py" benchmarks/effort.py samples --limit 1 --efforts 1,5,9 --device cuda --json "$out/effort_gpu.json" || true
+fi
 cp "$run/export/"* "$run/log.jsonl" "$run/check.cca" "$out/"
 # the device tool brings back files of at most 16 MiB: split bigger ones (model.json's sha256 checks the join)
 for f in "$out"/*; do
