@@ -24,6 +24,7 @@ MSE are per pixel of that total weight.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,12 +133,11 @@ class TableRate:
         floor = torch.floor(symbols.detach())
         weight = symbols - floor
         value = floor.long() - self.offset.view(1, -1, 1, 1)
+        tables = torch.arange(len(self.offset), device=symbols.device).view(1, -1, 1, 1)
         last = self.last.view(1, -1, 1, 1)
-        rows = self.bits.view(1, *self.bits.shape, 1, 1).expand(1, *self.bits.shape, *symbols.shape[-2:])
 
         def cost(v: Tensor) -> Tensor:
-            index = torch.minimum(v.clamp_min(0), last)
-            return torch.gather(rows, 2, index.unsqueeze(2)).squeeze(2)
+            return self.bits[tables, torch.minimum(v.clamp_min(0), last)]
 
         return (1 - weight) * cost(value) + weight * cost(value + 1)
 
@@ -173,13 +173,14 @@ def refine_latents(
         pixel_weights: (1, 1, H, W) weight of each pixel's squared error, >= 0 (None: all 1).
     """
     context = copy.deepcopy(net.context).float()  # the coding copy runs in float64: too slow to differentiate
-    hyper_dtype = next(net.h_mean_s.parameters()).dtype  # the hyperprior's synthesis is small: as it is
+    hyper_dtype = next(net.h_mean_s.parameters()).dtype  # the hyperprior's synthesis is small: run as it is
     medians = net.entropy_bottleneck._get_medians().detach().float().to(z.device)
     target = x.detach().clone().float()
     inverse_gain = g_y_inv.detach().float()
     latents = y.detach().clone().float().requires_grad_(True)
     hyper = z.detach().clone().float().requires_grad_(schedule.refine_z)
-    optimizer = torch.optim.Adam([latents, hyper] if schedule.refine_z else [latents], lr=schedule.lr)
+    variables = [latents, hyper] if schedule.refine_z else [latents]
+    optimizer = torch.optim.Adam(variables, lr=schedule.lr)
     generator = torch.Generator(device=latents.device).manual_seed(seed)
     if pixel_weights is None:
         pixel_weights = torch.ones_like(target[:, :1])
@@ -189,8 +190,7 @@ def refine_latents(
         raise ValueError("refine_latents: the pixel weights sum to zero")
     with torch.enable_grad():
         for step in range(schedule.steps):
-            tau = schedule.tau(step)
-            quantize = lambda v: sga_round(v, tau, generator)  # noqa: E731
+            quantize = functools.partial(sga_round, tau=schedule.tau(step), generator=generator)
             z_symbols = quantize(hyper - medians) if schedule.refine_z else torch.round(hyper - medians)
             means, scales = (p.float() for p in net.hyper_parameters((z_symbols + medians).to(hyper_dtype), g_z_inv.to(hyper_dtype)))
             y_hat, likelihoods = context.forward_train(
@@ -201,7 +201,6 @@ def refine_latents(
             rate = (bits(likelihoods).sum() + z_rate(z_symbols).sum()) / pixels
             squared_error = (x_hat.float() - target).pow(2).mean(dim=1, keepdim=True)
             loss = rate + lam * 255**2 * (squared_error * pixel_weights).sum() / pixels
-            variables = [latents, hyper] if schedule.refine_z else [latents]
             gradients = torch.autograd.grad(loss, variables)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.learning_rate(step)
