@@ -80,9 +80,10 @@ def summarize(records: list[dict], qualities: list[float]) -> list[dict]:
     """Per effort in ``records``: the mean curve over the images every effort has at every quality, its BD-rate
     against the lowest effort, and the median encode seconds."""
     efforts = sorted({r["effort"] for r in records})
+    have = {(r["image"], r["quality"], r["effort"]) for r in records}
     complete = [
         name for name in dict.fromkeys(r["image"] for r in records)
-        if all(any(r["image"] == name and r["effort"] == e and r["quality"] == q for r in records) for e in efforts for q in qualities)
+        if all((name, q, e) in have for e in efforts for q in qualities)
     ]
     records = [r for r in records if r["image"] in complete]
 

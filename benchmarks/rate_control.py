@@ -30,7 +30,7 @@ from cca_codec.checkpoint import load_model
 from cca_codec.codec import decode_image
 from cca_codec.imageio import load_image
 from cca_codec.metrics import psnr
-from cca_codec.ratecontrol import HIGHEST, LOWEST, Target, encode_to_target
+from cca_codec.ratecontrol import HIGHEST, LOWEST, Target, Trial, encode_to_target
 
 
 def floats(text: str) -> list[float]:
@@ -52,11 +52,11 @@ def measure(images: list[Path], targets: list[Target], model_name: str | None, e
             records.append({
                 "image": path.name, "target": target.kind, "value": target.value, "status": result.status,
                 "quality": result.quality, "achieved": result.achieved, "deviation": deviation(target, result.achieved),
-                "psnr": decoded_psnr(image, result.data, model), "encodes": len(result.trials),
+                "psnr": decoded_psnr(image, result.trial, model), "encodes": len(result.trials),
                 "pilot_encodes": len(result.pilot), "seconds": seconds, "tried": result.to_dict()["tried"],
                 "first_refined": {
                     "quality": first.quality, "within": target.within(target.achieved(first)),
-                    "deviation": deviation(target, target.achieved(first)), "psnr": decoded_psnr(image, first.data, model),
+                    "deviation": deviation(target, target.achieved(first)), "psnr": decoded_psnr(image, first, model),
                 },
             })
             print(f"{path.name} {target.describe()}: {result.message} ({seconds:.1f} s)", file=sys.stderr)
@@ -68,8 +68,9 @@ def deviation(target: Target, achieved: float) -> float:
     return achieved - target.value if target.kind == "psnr" else achieved / target.value - 1
 
 
-def decoded_psnr(image, data: bytes, model) -> float:
-    return psnr(image.rgb, decode_image(data, model, device="cpu").rgb)
+def decoded_psnr(image, trial: Trial, model) -> float:
+    """The PSNR of a probe's file: the search's own measurement for PSNR targets, else decoded here."""
+    return trial.psnr if trial.psnr is not None else psnr(image.rgb, decode_image(trial.data, model, device="cpu").rgb)
 
 
 def table(records: list[dict], targets: list[Target], effort: int = 1, pilot: bool = True) -> str:

@@ -12,7 +12,6 @@ table as `SymbolEncoder` describes. Symbols are in (channel, row, column) order 
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -213,7 +212,6 @@ def encode_tile(
             z_sym = torch.round(z - medians)
             enc.encode(z_sym.cpu().numpy().reshape(-1), _z_symbols_layout(z.shape), c.z_tables)
             latent_means, latent_scales = net.hyper_parameters(z_sym + medians, g_z_inv)
-    with torch.inference_mode():
         y64 = y.to(ENTROPY_DTYPE)
         offsets = np.cumsum([0, *net.context.sizes])
 

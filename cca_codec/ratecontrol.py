@@ -272,9 +272,9 @@ def encode_to_target(
     coding = {"context": context, "device": device, "tile": tile, "precision": precision}
     start, slope, pilot_trials = _nearest(qualities, model.default_quality), _PRIOR_SLOPE[target.kind], ()
     if effort > 1 and pilot:
-        index, _, pilot_trials = _search(image, model, target, qualities, start, slope, coding)
-        start, slope = index, _measured_slope(target, pilot_trials, qualities[index]) or slope
-    index, status, trials = _search(image, model, target, qualities, start, slope, coding, effort, progress)
+        index, _, pilot_trials, errors = _search(image, model, target, qualities, start, slope, coding)
+        start, slope = index, _pilot_slope(qualities, errors, index) or slope
+    index, status, trials, _ = _search(image, model, target, qualities, start, slope, coding, effort, progress)
     chosen = next(trial for trial in trials if trial.quality == qualities[index])
     return RateResult(target, status, chosen, trials, effort, pilot_trials)
 
@@ -282,34 +282,32 @@ def encode_to_target(
 def _search(
     image: SourceImage, model: LoadedModel, target: Target, qualities: list[float], start: int, slope: float,
     coding: dict, effort: int = 1, progress: Callable[[int, int], None] | None = None,
-) -> tuple[int, str, tuple[Trial, ...]]:
-    """:func:`search_grid` over real encodings at ``effort`` from grid index ``start``: (index, status, probes)."""
+) -> tuple[int, str, tuple[Trial, ...], dict[int, float]]:
+    """:func:`search_grid` over real encodings at ``effort`` from grid index ``start``: (index, status,
+    probes, each probed grid index's signed error)."""
     trials: list[Trial] = []
+    errors: dict[int, float] = {}
 
     def probe(index: int) -> tuple[float, bool]:
         data = encode_image(image, model, quality=qualities[index], effort=effort, progress=progress, **coding)
         fidelity = _decoded_psnr(image, data, model, coding["device"], coding["precision"]) if target.kind == "psnr" else None
         trials.append(Trial(qualities[index], data, bits_per_pixel(len(data), image.width, image.height), fidelity))
         achieved = target.achieved(trials[-1])
-        return target.error(achieved), target.within(achieved)
+        errors[index] = target.error(achieved)
+        return errors[index], target.within(achieved)
 
     index, status = search_grid(probe, qualities, start, slope)
-    return index, status, tuple(trials)
+    return index, status, tuple(trials), errors
 
 
-def _measured_slope(target: Target, trials: Sequence[Trial], quality: float) -> float | None:
-    """The secant slope of the target's error between the probe at ``quality`` and the probe nearest it
-    (None with a single probe, or a slope that is not positive and finite)."""
-    others = [t for t in trials if t.quality != quality]
+def _pilot_slope(qualities: Sequence[float], errors: dict[int, float], index: int) -> float:
+    """The secant slope between the pilot's answer ``index`` and the probe nearest it (0 with a single
+    probe, or a slope that is not positive)."""
+    others = [i for i in errors if i != index]
     if not others:
-        return None
-    here = next(t for t in trials if t.quality == quality)
-    near = min(others, key=lambda t: abs(t.quality - quality))
-    try:
-        slope = (target.error(target.achieved(here)) - target.error(target.achieved(near))) / (here.quality - near.quality)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return slope if math.isfinite(slope) and slope > 0 else None
+        return 0.0
+    nearest = min(others, key=lambda i: abs(i - index))
+    return max(_slope(qualities, errors, nearest, index), 0.0)
 
 
 def searched_qualities(model: LoadedModel) -> list[float]:
