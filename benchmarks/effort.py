@@ -1,7 +1,7 @@
 """Encoder effort on Kodak: BD-rate against effort 1 and encode seconds per image, per effort level.
 
     python benchmarks/effort.py ../shared/data/kodak --limit 6 --qualities 2,4,6,8 --efforts 1,3,5,7,9 \
-        --threads 2 [--crop 384x256] [--device cuda] --json results/effort.json
+        --threads 2 [--crop 384x256] [--device cuda] [--model ID_OR_DIR] --json results/effort.json
 
 Every image is encoded at every quality and effort with :func:`cca_codec.codec.encode_image` (what
 ``ccacodec encode --effort N`` runs), with the given model and its default context, then decoded
@@ -10,9 +10,10 @@ by the unchanged decoder (both on the CPU, or both on ``--device``): bpp from th
 The table gives per effort: refinement steps, mean bpp and PSNR per quality, BD-rate against the lowest effort
 over the qualities, and the median encode seconds per image (per quality, the median over images).
 
-With ``--json FILE`` the file is rewritten after every encoding, and the records it already holds (same crop)
-are kept and not measured again: a long sweep can be stopped, resumed, or extended by more efforts later; the
-table covers every effort in the file.
+With ``--json FILE`` the file is rewritten after every encoding, and the records it already holds (same crop,
+same weights: the file records their sha256) are kept and not measured again: a long sweep can be stopped,
+resumed, or extended by more efforts later, also after the default model has changed (``--model`` names the
+weights the file was made with); the table covers every effort in the file.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from cca_codec.bdrate import bd_rate
-from cca_codec.checkpoint import load_model
+from cca_codec.checkpoint import LoadedModel, load_model
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.evaluate import find_images
 from cca_codec.imageio import SourceImage, load_image
@@ -47,11 +48,10 @@ def centre_crop(image: SourceImage, size: tuple[int, int] | None) -> SourceImage
 
 def measure(
     images: list[Path], qualities: list[float], efforts: list[int], crop: tuple[int, int] | None,
-    records: list[dict], say, saved, device: str = "cpu",
+    records: list[dict], say, saved, model: LoadedModel, device: str = "cpu",
 ) -> list[dict]:
     """Add to ``records`` one record per (image, quality, effort) it lacks: bpp, PSNR, encode seconds;
     ``saved(records)`` after each."""
-    model = load_model()
     done = {(r["image"], r["quality"], r["effort"]) for r in records}
     for path in images:
         image = centre_crop(load_image(path), crop)
@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--crop", default=None, metavar="WxH", help="code the centre WxH of each image")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--model", default=None, help="model id or directory (default: the default model)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,11 +129,15 @@ def main() -> None:
     efforts = [int(e) for e in args.efforts.split(",")]
     crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
     images = find_images(args.directory, args.limit)
+    model = load_model(args.model)
+    weights = model.weights_sha256.hex()
     records: list[dict] = []
     if args.json is not None and args.json.exists():
         earlier = json.loads(args.json.read_text())
         if earlier.get("crop") != args.crop:
             sys.exit(f"{args.json} holds records for crop {earlier.get('crop')}, not {args.crop}")
+        if earlier.get("weights_sha256", weights) != weights:
+            sys.exit(f"{args.json} was made with weights {earlier['weights_sha256'][:12]}, not {weights[:12]}: pass their --model")
         records = earlier["records"]
 
     def saved(records: list[dict], table: list[dict] | None = None) -> None:
@@ -142,11 +147,12 @@ def main() -> None:
         names = list(dict.fromkeys(r["image"] for r in records))
         partial = args.json.with_name(args.json.name + ".partial")
         partial.write_text(json.dumps({
-            "images": names, "crop": args.crop, "threads": args.threads, "device": args.device, "table": table, "records": records,
+            "images": names, "crop": args.crop, "threads": args.threads, "device": args.device, "model": model.model_id,
+            "weights_sha256": weights, "table": table, "records": records,
         }, indent=2) + "\n")
         partial.replace(args.json)
 
-    measure(images, qualities, efforts, crop, records, lambda line: print(line, file=sys.stderr, flush=True), saved, args.device)
+    measure(images, qualities, efforts, crop, records, lambda line: print(line, file=sys.stderr, flush=True), saved, model, args.device)
     table = summarize(records, qualities)
     print(markdown(table, qualities))
     saved(records, table)
