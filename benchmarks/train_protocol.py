@@ -79,6 +79,7 @@ CANDIDATES: dict[str, Candidate] = {
     "wide-h2": Candidate(widen="0"),  # at H/2 only
     "stop-gradient": Candidate(("--variant", "stop_gradient")),
     "alpha0": Candidate(("--alpha", "0")),
+    "fp32-tail": Candidate(("--fp32-synthesis-stages", "1")),  # g_s's H/2 stage in float32 under bf16 autocast
 }
 
 

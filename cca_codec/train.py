@@ -87,6 +87,7 @@ class TrainOptions:
     export: str | None = None
     export_id: str | None = None
     decay_by_time: bool = False
+    fp32_synthesis_stages: int = 0
 
 
 def autocast_bf16(precision: str, device: torch.device) -> bool:
@@ -195,6 +196,9 @@ class Trainer:
             self.net, self.qualities = loaded.net.float().train(), loaded.qualities
         else:
             self.net = CCAModel(get_config(o.config), num_qualities=len(self.qualities))
+        if not 0 <= o.fp32_synthesis_stages <= len(self.net.g_s.blocks):
+            raise UsageError(f"--fp32-synthesis-stages {o.fp32_synthesis_stages}: use 0 to {len(self.net.g_s.blocks)}")
+        self.net.g_s.float32_stages = o.fp32_synthesis_stages
         self.aux = AuxEntropyModel(self.net.cfg)
         self.net.to(self.device).train()
         self.aux.to(self.device).train()
@@ -487,6 +491,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
             p.add_argument(flag, choices=CCA_VARIANTS, default=value, help="default: %(default)s")
         elif name == "schedule":
             p.add_argument(flag, choices=SCHEDULES, default=value, help="default: %(default)s")
+        elif name == "fp32_synthesis_stages":
+            p.add_argument(flag, type=int, default=value, help="the last N stages of g_s train in float32 under bf16 autocast (default: %(default)s)")
         elif name == "batch":
             p.add_argument(flag, type=int, default=value, help=BATCH_HELP)
         else:

@@ -142,3 +142,23 @@ def test_folded_stacks_compute_the_same_entropy_parameters(size):
         for a, b in zip(plain, folded):
             assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-11, atol=1e-11)
         assert any(not torch.equal(a, b) for a, b in zip(plain, folded))  # it did take the folded path
+
+
+@pytest.mark.parametrize("stages", [0, 1, 3])
+def test_float32_synthesis_stages_leave_autocast(stages):
+    """g_s.float32_stages: the last N stages (and the transposed conv before each) compute in
+    float32 under bf16 autocast, the others in bf16; gradients reach every stage."""
+    torch.manual_seed(0)
+    g_s = CCAModel(TINY, num_qualities=2).g_s
+    g_s.float32_stages = stages
+    dtypes = []
+    for stage in g_s.blocks:
+        stage.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    y = torch.randn(1, TINY.latent_channels, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_hat = g_s(y)
+    x_hat.square().mean().backward()
+    n = len(g_s.blocks)
+    assert dtypes == [torch.bfloat16] * (n - stages) + [torch.float32] * stages
+    assert x_hat.dtype == torch.float32 and x_hat.shape == (1, 3, 64, 64)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g_s.parameters())

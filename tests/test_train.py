@@ -11,6 +11,7 @@ from conftest import write_photos
 from cca_codec.checkpoint import load_model
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.data import build_pack, load_split
+from cca_codec.errors import UsageError
 from cca_codec.imageio import load_image
 from cca_codec.train import TrainOptions, run
 
@@ -97,3 +98,11 @@ def test_a_cpu_minute_budget_stops_the_run(pack, tmp_path):
     assert trainer.cpu_seconds >= 0.24
     per_step = trainer.cpu_seconds / trainer.step
     assert trainer.cpu_seconds - per_step < 0.24  # it stopped at the first step past the budget
+
+
+def test_float32_synthesis_stages_train_and_are_checked(pack, tmp_path):
+    """--fp32-synthesis-stages reaches g_s of the trained network; a count beyond its stages is refused."""
+    trainer = run(options(pack[0], tmp_path / "fp32", precision="bf16", fp32_synthesis_stages=1), max_steps=2)
+    assert trainer.step == 2 and trainer.net.g_s.float32_stages == 1
+    with pytest.raises(UsageError, match="fp32-synthesis-stages 4"):
+        run(options(pack[0], tmp_path / "bad", fp32_synthesis_stages=4), max_steps=1)

@@ -6,7 +6,7 @@ kept unless a stride says otherwise.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import torch
@@ -64,7 +64,7 @@ class DepthwiseConv2d(Conv2d):
         return kernels.depthwise_conv2d(x, self.weight, self.bias, self.padding)
 
 
-def at_least_float32(layer: nn.Module, x: Tensor) -> Tensor:
+def at_least_float32(layer: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Run `layer` outside autocast on `x` promoted to at least float32 (float64 stays float64).
 
     The last layer of a transform or a parameter head runs so: under bf16 autocast (training,

@@ -40,7 +40,13 @@ class SynthesisTransform(nn.Module):
     Mirrors g_a: stride-2 5x5 transposed convs, each of the first three followed by a stage of
     NAF-blocks then residual bottleneck blocks, widest stage first. The last transposed conv
     runs in at least float32 (`at_least_float32`).
+
+    `float32_stages` (training's choice, not part of the weights; 0 by default): that many of the
+    last stages, each with the transposed conv before it, also run outside autocast in float32,
+    so that a bf16 training pass computes the finest features and their gradients in float32.
     """
+
+    float32_stages: int = 0
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -55,8 +61,9 @@ class SynthesisTransform(nn.Module):
         )
 
     def forward(self, y: Tensor) -> Tensor:
-        for up, stage in zip(self.up, self.blocks):
-            y = stage(up(y))
+        first_float32 = len(self.blocks) - self.float32_stages
+        for i, (up, stage) in enumerate(zip(self.up, self.blocks)):
+            y = at_least_float32(lambda t: stage(up(t)), y) if i >= first_float32 else stage(up(y))
         return at_least_float32(self.up[-1], y)
 
 
