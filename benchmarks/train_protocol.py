@@ -72,8 +72,8 @@ class Candidate:
 CANDIDATES: dict[str, Candidate] = {
     "baseline": Candidate(),
     "lr3e-4": Candidate(("--lr", "3e-4")),
-    "high-rate": Candidate(("--qualities", "1,2,3,4,5,6,7,8,6,7,8")),  # qualities 6-8 drawn twice as often
-    "top-rate": Candidate(("--qualities", "1,2,3,4,5,6,7,8,7,8,7,8")),  # qualities 7-8 three times as often
+    "uniform": Candidate(("--high-rate-draws", "1")),  # every quality equally often (the recipe up to round 4)
+    "high-rate-3x": Candidate(("--high-rate-draws", "3")),  # the top three qualities three times as often
     "lossless": Candidate(pack="lossless"),
     "wide": Candidate(widen="0,1"),  # g_a and g_s at H/2 and H/4 twice as wide
     "wide-h2": Candidate(widen="0"),  # at H/2 only

@@ -505,7 +505,7 @@ def _recipe_text(args: list[str]) -> str:
     given twice counts once, the last), and `auto` precision as it resolves on this machine's CPU."""
     import torch
 
-    from .train import autocast_bf16, parse_args
+    from .train import HIGH_RATE_QUALITIES, autocast_bf16, parse_args
 
     o = parse_args(["--data", "-", "--out", "-", *args])
     parts = [f"b{o.batch}x{o.crop}", "bf16" if autocast_bf16(o.precision, torch.device("cpu")) else "fp32"]
@@ -523,6 +523,8 @@ def _recipe_text(args: list[str]) -> str:
         parts.append(o.variant)
     if o.qualities:
         parts.append(f"q{o.qualities}")
+    if o.high_rate_draws != 1:
+        parts.append(f"top{HIGH_RATE_QUALITIES}x{o.high_rate_draws}")
     if o.alpha != 1.0:
         parts.append(f"alpha{o.alpha:g}")
     return " ".join(parts)

@@ -44,6 +44,8 @@ from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dict
 from .precision import FAST, PRECISIONS, resolve_precision
 
 STATE_FILE = "state.pt"
+HIGH_RATE_QUALITIES = 3
+"""How many of the highest qualities `--high-rate-draws` draws more often."""
 LOG_FILE = "log.jsonl"
 
 
@@ -88,6 +90,7 @@ class TrainOptions:
     export_id: str | None = None
     decay_by_time: bool = False
     fp32_synthesis_stages: int = 0
+    high_rate_draws: int = 2
 
 
 def autocast_bf16(precision: str, device: torch.device) -> bool:
@@ -221,26 +224,33 @@ class Trainer:
         self.step = 0
         self.minutes = 0.0
         self.cpu_seconds = 0.0  # process CPU time (all threads) spent training, over every call
-        self.train_qualities = self.quality_choice(o.qualities)
+        self.train_qualities = self.quality_choice(o.qualities, o.high_rate_draws)
         table = self.qualities
         self.q_values = torch.tensor([float(q.quality) for q in table])
         self.q_dist = torch.tensor([q.distortion_weight for q in table])
         self.q_beta = torch.tensor([q.beta for q in table])
 
-    def quality_choice(self, text: str) -> torch.Tensor:
-        """Indices into the quality table of the qualities samples are drawn from: every one, or
-        the comma-separated integer qualities of `--qualities` (e.g. "4" for one operating point)."""
+    def quality_choice(self, text: str, high_rate_draws: int = 1) -> torch.Tensor:
+        """Indices into the quality table that each sample's quality is drawn from, uniformly: every
+        quality, or the comma-separated integer qualities of `--qualities` (e.g. "4" for one operating
+        point), with the HIGH_RATE_QUALITIES highest of them listed `high_rate_draws` times (the
+        protocol's round 4: the top of the curve, where the reconstruction ceiling is made, gains more
+        per CPU minute so at no cost in BD-rate)."""
         known = [q.quality for q in self.qualities]
+        if high_rate_draws < 1:
+            raise UsageError(f"--high-rate-draws {high_rate_draws}: give 1 (a uniform draw) or more")
         if not text:
-            return torch.arange(len(known))
-        try:
-            wanted = [int(v) for v in text.split(",")]
-        except ValueError:
-            raise UsageError(f"--qualities {text!r}: give comma-separated integer qualities, e.g. 3,4") from None
-        missing = [q for q in wanted if q not in known]
-        if missing:
-            raise UsageError(f"--qualities: {missing} not in the quality table {known}")
-        return torch.tensor([known.index(q) for q in wanted])
+            wanted = known
+        else:
+            try:
+                wanted = [int(v) for v in text.split(",")]
+            except ValueError:
+                raise UsageError(f"--qualities {text!r}: give comma-separated integer qualities, e.g. 3,4") from None
+            missing = [q for q in wanted if q not in known]
+            if missing:
+                raise UsageError(f"--qualities: {missing} not in the quality table {known}")
+        top = sorted(set(wanted))[-HIGH_RATE_QUALITIES:]
+        return torch.tensor([known.index(q) for q in [*wanted, *top * (high_rate_draws - 1)]])
 
     def state_dict(self) -> dict:
         return {
@@ -493,6 +503,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
             p.add_argument(flag, choices=SCHEDULES, default=value, help="default: %(default)s")
         elif name == "fp32_synthesis_stages":
             p.add_argument(flag, type=int, default=value, help="the last N stages of g_s train in float32 under bf16 autocast (default: %(default)s)")
+        elif name == "high_rate_draws":
+            p.add_argument(flag, type=int, default=value, help=f"the {HIGH_RATE_QUALITIES} highest qualities of the draw are drawn N times as often as each other one; 1: uniform (default: %(default)s)")
         elif name == "batch":
             p.add_argument(flag, type=int, default=value, help=BATCH_HELP)
         else:

@@ -108,7 +108,7 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert model.info["gpu_minutes"] == 0
     table = (models / "cca-compact" / "TRAINING.md").read_text()
     bf16 = "bf16" if autocast_bf16("auto", torch.device("cpu")) else "fp32"
-    assert bg.STINTS_HEADING in table and f"| b2x64 {bf16} cl constant 1e-4 ema0.998 on {bg.cpu_description()} |" in table
+    assert bg.STINTS_HEADING in table and f"| b2x64 {bf16} cl constant 1e-4 ema0.998 top3x2 on {bg.cpu_description()} |" in table
     assert f"| {row['ceiling']:.2f} | {row['top_step_gain']:+.2f} |" in table
 
 
@@ -126,13 +126,14 @@ def test_recipe_text_reads_flags_as_the_trainer_does():
     import torch
 
     bf16 = "bf16" if autocast_bf16("auto", torch.device("cpu")) else "fp32"  # the default, as it resolves here
-    assert bg._recipe_text([]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998"
+    assert bg._recipe_text([]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 top3x2"
+    assert bg._recipe_text(["--high-rate-draws", "1"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998"  # a uniform draw
     decay = ["--bf16", "--schedule", "cosine", "--lr", "8e-5", "--decay-by-time", "--max-minutes", "45"]  # --bf16: older runs' flag
-    assert bg._recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998"
+    assert bg._recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998 top3x2"
     old = ["--batch", "8", "--lr", "3e-4", "--lr", "2.5e-4", "--schedule", "cosine", "--lr-final", "3e-6", "--variant", "stop_gradient",
-           "--precision", "fp32", "--no-channels-last", "--ema", "0"]
+           "--precision", "fp32", "--no-channels-last", "--ema", "0", "--high-rate-draws", "1"]
     assert bg._recipe_text(old) == "b8x256 fp32 cosine 2.5e-4>3e-6 stop_gradient"
-    assert bg._recipe_text(["--qualities", "1,2,8,8", "--alpha", "0"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 q1,2,8,8 alpha0"
+    assert bg._recipe_text(["--qualities", "1,2,8,8", "--alpha", "0"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 q1,2,8,8 top3x2 alpha0"
 
 
 def test_append_stint_row_keeps_one_table(tmp_path):

@@ -106,3 +106,17 @@ def test_float32_synthesis_stages_train_and_are_checked(pack, tmp_path):
     assert trainer.step == 2 and trainer.net.g_s.float32_stages == 1
     with pytest.raises(UsageError, match="fp32-synthesis-stages 4"):
         run(options(pack[0], tmp_path / "bad", fp32_synthesis_stages=4), max_steps=1)
+
+
+def test_the_top_qualities_are_drawn_more_often(pack, tmp_path):
+    """The recipe draws the three highest qualities twice as often as each other one; --high-rate-draws 1 is
+    uniform; with --qualities the three highest of those given are weighted; 0 is refused."""
+    trainer = run(options(pack[0], tmp_path / "draw"), max_steps=0)
+    known = [q.quality for q in trainer.qualities]
+    drawn = [known[i] for i in trainer.train_qualities.tolist()]
+    assert sorted(drawn) == sorted(known + known[-3:])
+    assert trainer.quality_choice("", 1).tolist() == list(range(len(known)))
+    assert [known[i] for i in trainer.quality_choice("2,3,4,5", 3).tolist()] == [2, 3, 4, 5, 3, 4, 5, 3, 4, 5]
+    assert [known[i] for i in trainer.quality_choice("4", 2).tolist()] == [4, 4]
+    with pytest.raises(UsageError, match="high-rate-draws 0"):
+        trainer.quality_choice("", 0)
