@@ -54,8 +54,9 @@ class TrainOptions:
     """Every option of a run; the defaults are the recipe of the never-ending background run
     (`ccacodec train-bg`, README "The background run"), chosen by the equal-minutes protocol
     (benchmarks/train_protocol.py, models/cca-compact/TRAINING.md): batch 4 x 256x256, bf16
-    autocast where it is fast with channels-last tensors, Adam at a constant rate after a short
-    warm-up, and an exponential moving average of the weights for export. Such a run has no end of
+    autocast where it is fast with channels-last tensors, the three highest qualities drawn twice as
+    often as each other one, Adam at a constant rate after a short warm-up, and an exponential moving
+    average of the weights for export. Such a run has no end of
     its own: `max_minutes`, `max_cpu_minutes`, `steps` or a signal end it, its state saved."""
 
     data: str
