@@ -56,8 +56,8 @@ class TrainOptions:
     (benchmarks/train_protocol.py, models/cca-compact/TRAINING.md): batch 4 x 256x256, bf16
     autocast where it is fast with channels-last tensors, the three highest qualities drawn twice as
     often as each other one, Adam at a constant rate after a short warm-up, and an exponential moving
-    average of the weights for export. Such a run has no end of
-    its own: `max_minutes`, `max_cpu_minutes`, `steps` or a signal end it, its state saved."""
+    average of the weights for export. Such a run has no end of its own: `max_minutes`,
+    `max_cpu_minutes`, `steps` or a signal end it, its state saved."""
 
     data: str
     out: str
@@ -231,12 +231,11 @@ class Trainer:
         self.q_dist = torch.tensor([q.distortion_weight for q in table])
         self.q_beta = torch.tensor([q.beta for q in table])
 
-    def quality_choice(self, text: str, high_rate_draws: int = 1) -> torch.Tensor:
+    def quality_choice(self, text: str, high_rate_draws: int) -> torch.Tensor:
         """Indices into the quality table that each sample's quality is drawn from, uniformly: every
         quality, or the comma-separated integer qualities of `--qualities` (e.g. "4" for one operating
-        point), with the HIGH_RATE_QUALITIES highest of them listed `high_rate_draws` times (the
-        protocol's round 4: the top of the curve, where the reconstruction ceiling is made, gains more
-        per CPU minute so at no cost in BD-rate)."""
+        point), with the HIGH_RATE_QUALITIES highest of them listed `high_rate_draws` times (protocol
+        round 4: twice lifts the reconstruction ceiling at the same BD-rate)."""
         known = [q.quality for q in self.qualities]
         if high_rate_draws < 1:
             raise UsageError(f"--high-rate-draws {high_rate_draws}: give 1 (a uniform draw) or more")
