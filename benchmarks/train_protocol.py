@@ -13,8 +13,10 @@ point. Each exports its moving-average weights, which are then measured the same
 
 * Kodak (`--images`, default all 24) through the real codec at qualities 2, 4, 6 and 8,
   checkerboard context, bpp from the `.cca` file sizes, PSNR-RGB per image then averaged;
-* the reconstruction ceiling at quality 8 (`cca_codec.ceiling`: g_s(g_a(x)) without quantisation)
-  and the PSNR bought by the last step, quality 6 -> 8;
+* the same at every quality above 8 of a candidate whose table is extended (`extend-q10`),
+  reported beside the others (BD-rates cover qualities 2-8, the range every candidate has);
+* the reconstruction ceiling at the top quality (`cca_codec.ceiling`: g_s(g_a(x)) without
+  quantisation) and the PSNR bought by the step from quality 6 to 8;
 * the share of y's estimated bits in each slice at quality 4 (the CCA paper's Figure 2 question:
   does the CCA term move information into the early slices?);
 * BD-rate against the first candidate, the starting weights' committed Kodak curve and the JPEG
@@ -61,11 +63,14 @@ class Candidate:
     flags: tuple[str, ...] = ()
     pack: str = "jpeg"
     widen: str | None = None
+    extend: int | None = None
 
     def describe(self) -> str:
         parts = [" ".join(self.flags) or "recipe unchanged", f"{self.pack} pack"]
         if self.widen:
             parts.append(f"stages {self.widen} widened 2x")
+        if self.extend:
+            parts.append(f"quality table extended to {self.extend}")
         return ", ".join(parts)
 
 
@@ -80,6 +85,7 @@ CANDIDATES: dict[str, Candidate] = {
     "stop-gradient": Candidate(("--variant", "stop_gradient")),
     "alpha0": Candidate(("--alpha", "0")),
     "fp32-tail": Candidate(("--fp32-synthesis-stages", "1")),  # g_s's H/2 stage in float32 under bf16 autocast
+    "extend-q10": Candidate(extend=10),  # qualities 9 and 10 added (`cca_codec.extend`), in the draw's top three
 }
 
 
@@ -107,15 +113,19 @@ def slice_bit_shares(model_dir: Path, images: list[Path], quality: float = SHARE
 
 
 def measure(model_dir: Path, images: list[Path]) -> dict:
-    """RD at QUALITIES (checkerboard), the ceiling at the top quality and the slice bit shares."""
+    """RD at QUALITIES (checkerboard), and as `above` ([quality, bpp, dB] each) at the model's
+    qualities above them (an extended table), the ceiling at the top quality and the slice bit
+    shares. BD-rates use QUALITIES only, the range every candidate covers."""
     model = load_model(model_dir)
-    result = evaluate(images, model, list(QUALITIES), ["checkerboard"], device="cpu", progress=False)["checkerboard"]
-    r = result["results"]
+    above = [float(p.quality) for p in model.qualities if p.quality > QUALITIES[-1]]
+    result = evaluate(images, model, [*QUALITIES, *above], ["checkerboard"], device="cpu", progress=False)["checkerboard"]
+    r, n = result["results"], len(QUALITIES)
     top = float(model.qualities[-1].quality)
     return {
-        "qualities": r["quality"], "bpp": r["bpp"], "psnr": r["psnr-rgb"],
+        "qualities": r["quality"][:n], "bpp": r["bpp"][:n], "psnr": r["psnr-rgb"][:n],
+        "above": [[q, b, db] for q, b, db in zip(r["quality"][n:], r["bpp"][n:], r["psnr-rgb"][n:])],
         "ceiling": round(autoencoder_ceiling(model, images, top), 3),
-        "last_step_gain": round(r["psnr-rgb"][-1] - r["psnr-rgb"][-2], 3),
+        "last_step_gain": round(r["psnr-rgb"][n - 1] - r["psnr-rgb"][n - 2], 3),
         "slice_bit_shares": slice_bit_shares(model_dir, images),
     }
 
@@ -136,6 +146,10 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
             init = out / "init"
             widen = [sys.executable, "-m", "cca_codec.widen", str(a.init), str(init), "--factor", "2", "--stages", candidate.widen]
             subprocess.run(widen, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
+        if candidate.extend:
+            init = out / "init"
+            extend = [sys.executable, "-m", "cca_codec.extend", str(a.init), str(init), "--top", str(candidate.extend)]
+            subprocess.run(extend, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
         start = time.time()
         subprocess.run(train_command(name, init, pack, out, a.cpu_minutes), check=True, stdout=log, stderr=log, env=env, cwd=REPO)
     wall = time.time() - start
@@ -171,17 +185,21 @@ def markdown(rows: list[dict]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:+.2f}"
 
+    extended = any(r.get("above") for r in rows)  # a column for qualities above 8 only when a candidate has them
     lines = [
-        "| candidate | steps | CPU min | steps / CPU min | Kodak q2 / q4 / q6 / q8 bpp @ dB | ceiling dB | q6->q8 dB | "
-        f"vs {rows[0]['candidate']} | vs start | vs JPEG | y bits per slice % |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "| candidate | steps | CPU min | steps / CPU min | Kodak q2 / q4 / q6 / q8 bpp @ dB | "
+        + ("above q8: q bpp @ dB | " if extended else "")
+        + f"ceiling dB | q6->q8 dB | vs {rows[0]['candidate']} | vs start | vs JPEG | y bits per slice % |",
+        "|---|---:|---:|---:|---|" + ("---|" if extended else "") + "---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         points = " / ".join(f"{b:.3f} @ {p:.2f}" for b, p in zip(r["bpp"], r["psnr"]))
+        above = " / ".join(f"q{q:g} {b:.3f} @ {p:.2f}" for q, b, p in r.get("above", [])) or "-"
         shares = " / ".join(f"{100 * s:.0f}" for s in r["slice_bit_shares"])
         lines.append(
             f"| {r['candidate']} | {r['steps']:,} | {r['cpu_minutes']:.1f} | {r['steps_per_cpu_minute']:.1f} | {points} | "
-            f"{r['ceiling']:.2f} | {r['last_step_gain']:+.2f} | {pct(r.get('bd_first'))} | {pct(r.get('bd_init'))} | {pct(r.get('bd_jpeg'))} | {shares} |"
+            + (f"{above} | " if extended else "")
+            + f"{r['ceiling']:.2f} | {r['last_step_gain']:+.2f} | {pct(r.get('bd_first'))} | {pct(r.get('bd_init'))} | {pct(r.get('bd_jpeg'))} | {shares} |"
         )
     return "\n".join(lines)
 

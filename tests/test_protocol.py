@@ -1,5 +1,6 @@
-"""The equal-minutes protocol (benchmarks/train_protocol.py) end to end on a tiny model: two
-candidates side by side on equal CPU budgets, measured through the codec, tabulated."""
+"""The equal-minutes protocol (benchmarks/train_protocol.py) end to end on a tiny model: three
+candidates side by side on equal CPU budgets (one with an extended quality table), measured
+through the codec, tabulated."""
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cca_codec.data import build_pack
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_protocol.py"
 
 
-def test_two_candidates_on_equal_cpu_budgets(tmp_path):
+def test_candidates_on_equal_cpu_budgets(tmp_path):
     init = save_model_dir(in_memory_model("cca-tiny", model_id="seed"), tmp_path / "seed", dtype=torch.float32)
     pack = tmp_path / "pack"
     build_pack(write_photos(tmp_path / "photos", 3, (290, 300), seed=4), pack, val_fraction=0.0)
@@ -25,11 +26,11 @@ def test_two_candidates_on_equal_cpu_budgets(tmp_path):
         write_image(kodak, 64, 96, name=f"{name}.png")
     out = tmp_path / "out"
     args = [sys.executable, str(SCRIPT), "--init", str(init), "--data", str(pack), "--kodak", str(kodak), "--images", "kodim01,kodim02",
-            "--candidates", "baseline,lr3e-4", "--cpu-minutes", "0.02", "--jobs", "2", "--out", str(out)]
+            "--candidates", "baseline,lr3e-4,extend-q10", "--cpu-minutes", "0.02", "--jobs", "3", "--out", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "protocol.json").read_text())
-    assert [r["candidate"] for r in rows] == ["baseline", "lr3e-4"]
+    assert [r["candidate"] for r in rows] == ["baseline", "lr3e-4", "extend-q10"]
     for row in rows:
         assert row["steps"] >= 1 and row["cpu_minutes"] >= 0.02  # the budget counts the process CPU time
         assert row["qualities"] == [2.0, 4.0, 6.0, 8.0] and len(row["bpp"]) == len(row["psnr"]) == 4
@@ -37,10 +38,14 @@ def test_two_candidates_on_equal_cpu_budgets(tmp_path):
         assert abs(sum(row["slice_bit_shares"]) - 1) < 1e-3 and isinstance(row["ceiling"], float)
         trained = torch.load(out / row["candidate"] / "run" / "state.pt", map_location="cpu", weights_only=False)
         assert trained["step"] == row["steps"]
+        assert [p[0] for p in row["above"]] == ([9.0, 10.0] if row["candidate"] == "extend-q10" else [])
+        assert len(trained["qualities"]) == (10 if row["candidate"] == "extend-q10" else 8)
     assert rows[0]["bd_first"] == 0.0
-    assert trained["options"]["lr"] == 3e-4 and (out / "lr3e-4" / "model" / "model.json").exists()
+    lr_run = torch.load(out / "lr3e-4" / "run" / "state.pt", map_location="cpu", weights_only=False)
+    assert lr_run["options"]["lr"] == 3e-4 and (out / "lr3e-4" / "model" / "model.json").exists()
     table = done.stdout
     assert "| baseline |" in table and "| lr3e-4 |" in table and "ceiling dB" in table
+    assert "above q8" in table and "| q9 " in table.split("| extend-q10 |")[1]
 
     collected = subprocess.run([sys.executable, str(SCRIPT), "--init", str(init), "--collect", str(out / "lr3e-4"), str(out / "baseline")],
                                capture_output=True, text=True, timeout=120, check=True)
