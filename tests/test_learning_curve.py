@@ -1,0 +1,53 @@
+"""benchmarks/learning_curve.py: the stint table read back, the log-linear fit and its forecast."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from learning_curve import DEFAULT_LOG, forecast, read_stints  # noqa: E402
+
+HEADER = ("| date | steps (total) | CPU min (total) | wall min | recipe | Kodak q1 / q4 / q8 bpp @ dB | ceiling dB | q7->q8 dB "
+          "| vs JPEG | vs VTM | committed |\n|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n")
+
+
+def row(date, total, top, ceiling, jpeg):
+    return f"| {date} | 10 (20) | 5.0 ({total:,}) | 9 | r | 0.2 @ 20.00 / 0.5 @ 25.00 / 1.3 @ {top:.2f} | {ceiling} | +0.1 | {jpeg} | +3 | yes |\n"
+
+
+def write_log(path: Path, rows: str) -> Path:
+    path.write_text("# m\n\n## Background stints\n\nSome words.\n\n" + HEADER + rows
+                    + "\nAfter the table.\n\n## Later\n\n| date | CPU min (total) |\n|---|---|\n| x | 1 (2) |\n")
+    return path
+
+
+def test_a_log_linear_curve_is_forecast_exactly(tmp_path):
+    """Per doubling of CPU minutes: -8 % BD-rate, +0.5 dB at the top, +1 dB of ceiling."""
+    rows = row("a", 100, 30.0, "30.00", "-10.0") + row("b", 200, 30.5, "-", "-14.0") + row("c", 200, 30.5, "31.00", "-18.0") \
+        + row("d", 400, 31.0, "32.00", "-26.0")
+    stints = read_stints(write_log(tmp_path / "TRAINING.md", rows))
+    assert [s.date for s in stints] == ["a", "c", "d"]  # no ceiling, no row; nothing from the later section
+    assert stints[-1].cpu_minutes == 400 and stints[-1].top_psnr == 31.0 and stints[-1].bd_jpeg == -26.0
+    fits = forecast(stints, last=5)
+    assert fits["bd_jpeg"]["per_doubling"] == pytest.approx(-8.0)
+    assert fits["bd_jpeg"]["cpu_minutes_at_goal"] == pytest.approx(400 * 2 ** (19 / 8), abs=0.05)  # rounded to 0.1 minute
+    assert fits["ceiling"]["cpu_minutes_at_goal"] == pytest.approx(400 * 2 ** 8, abs=0.05)  # rounded to 0.1 minute
+    assert fits["top_psnr"]["cpu_minutes_at_goal"] == pytest.approx(400 * 2 ** 12, abs=0.05)  # rounded to 0.1 minute
+    # only the last two rows: the same slopes; a goal already met is met at the last row; a curve going
+    # the wrong way never reaches it
+    reached = forecast(read_stints(write_log(tmp_path / "met.md", row("a", 100, 37.0, "30.00", "-40.0") + row("b", 200, 37.5, "29.00", "-50.0"))), 2)
+    assert reached["bd_jpeg"]["cpu_minutes_at_goal"] == 200 and reached["top_psnr"]["cpu_minutes_at_goal"] == 200
+    assert reached["ceiling"]["cpu_minutes_at_goal"] is None
+
+
+def test_the_command_reads_the_shipped_log_and_refuses_a_file_without_the_table(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "learning_curve.py"), str(DEFAULT_LOG), "--json", str(tmp_path / "c.json"),
+                           "--plot", str(tmp_path / "c.png")], capture_output=True, text=True, check=True)
+    assert "| ceiling (dB) |" in done.stdout and (tmp_path / "c.png").stat().st_size > 0
+    assert len(read_stints(DEFAULT_LOG)) >= 10
+    (tmp_path / "bare.md").write_text("# nothing\n")
+    refused = subprocess.run([sys.executable, str(BENCHMARKS / "learning_curve.py"), str(tmp_path / "bare.md")], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.strip() == f"error: {tmp_path / 'bare.md'}: no '## Background stints' section"
