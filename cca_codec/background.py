@@ -589,6 +589,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
 
     import torch
 
+    from .checkpoint import record_replaced_weights
     from .train import export_state
 
     stop(run)
@@ -617,6 +618,7 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
     improved = bd.get("shipped") is not None and bd["shipped"] < 0
     committed = "no"
     if install and improved and limit is None:
+        record_replaced_weights(shipped_dir, datetime.now(timezone.utc).date().isoformat())
         for name in ("model.json", "weights.safetensors", "MODEL_CARD.md"):
             shutil.copyfile(export / name, shipped_dir / name)
         shutil.copyfile(curve, shipped_dir / KODAK_RESULT)

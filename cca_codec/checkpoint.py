@@ -11,6 +11,10 @@ and sha256 (`"weights": "q6.safetensors", "weights_sha256": ...`) and there is n
 weights file. Each such network has a single gain row of zeros (gain 1), so only the listed
 integer qualities can be coded. Version 1 directories (one network for all qualities through
 per-quality gains) are read and written as before.
+
+A directory whose weights are updated (every stint of the background run) keeps a record of the
+weights it had before, `weights_history.json`, so that a file made with earlier weights is
+refused with a message that says which ones they were.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ MODEL_FORMAT_VERSION = 1
 PER_QUALITY_FORMAT_VERSION = 2  # quality entries name their own weights files
 WEIGHTS_FILE = "weights.safetensors"
 QUALITY_WEIGHTS_FILE = "q{quality}.safetensors"
+WEIGHTS_HISTORY_FILE = "weights_history.json"
+WEIGHTS_HISTORY_FORMAT = "ccacodec-weights-history"
 PER_QUALITY_GAIN_ROWS = 1  # a per-quality network's gains: one row of zeros, evaluated at quality 1
 DEFAULT_QUALITY = 4.0
 _EXACT_BUFFERS = ("scale_bounds",)  # kept in float64 whatever the weight dtype
@@ -248,6 +254,36 @@ def _write_meta(
     }
     atomic_write(out / "model.json", (json.dumps(meta, indent=2) + "\n").encode())
     atomic_write(out / "MODEL_CARD.md", (card or f"# {model_id}\n").encode())
+
+
+def earlier_weights(directory: Path) -> dict[str, dict]:
+    """The weights a model directory held before its current ones, by sha256 (hex): each entry
+    has `total_steps`, `total_cpu_minutes` and `replaced` (the date new weights took their place),
+    from `weights_history.json`; empty when the directory keeps no history (or an unreadable one:
+    the history only ever improves a message)."""
+    try:
+        record = json.loads((Path(directory) / WEIGHTS_HISTORY_FILE).read_text())
+        return {entry["weights_sha256"]: entry for entry in record["weights"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def record_replaced_weights(directory: Path, replaced: str) -> None:
+    """Before new weights replace a model directory's (single-network) weights: append the current
+    ones (sha256 and training totals from model.json) to its `weights_history.json`, dated `replaced`."""
+    directory = Path(directory)
+    meta = json.loads((directory / "model.json").read_text())
+    info = meta.get("info", {})
+    path = directory / WEIGHTS_HISTORY_FILE
+    record = json.loads(path.read_text()) if path.exists() else {"format": WEIGHTS_HISTORY_FORMAT, "model_id": meta["model_id"], "weights": []}
+    if any(e["weights_sha256"] == meta["weights_sha256"] for e in record["weights"]):
+        return
+    record["weights"].append({
+        "weights_sha256": meta["weights_sha256"], "replaced": replaced,
+        "total_steps": int(info.get("total_steps", info.get("steps", 0))),
+        "total_cpu_minutes": float(info.get("total_cpu_minutes", info.get("minutes", 0.0))),
+    })
+    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def model_search_path() -> list[Path]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import LoadedModel, QualityNetwork, load_model
+from .checkpoint import LoadedModel, QualityNetwork, earlier_weights, load_model
 from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, Container, Header, TilePayload, read_container, write_container
 from .entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
 from .entropy.tables import CDFTables, ScaleTable
@@ -369,9 +369,14 @@ def check_model_matches(header: Header, model: LoadedModel) -> None:
     loaded = model.weights_sha256_at(header.quality)
     if header.weights_sha256 != loaded:
         have = f"weights are {loaded.hex()[:12]}" if loaded is not None else f"has no weights for quality {header.quality:g}"
+        earlier = earlier_weights(model.directory).get(header.weights_sha256.hex()) if model.directory else None
+        which = (
+            f" (its weights until {earlier['replaced']}, {earlier['total_steps']:,} training steps)" if earlier and header.model_id == model.model_id else ""
+        )
         raise ModelError(
             f"file was encoded with model {header.model_id!r} weights "
-            f"{header.weights_sha256.hex()[:12]}, but the loaded {model.model_id!r} {have}"
+            f"{header.weights_sha256.hex()[:12]}{which}, but the loaded {model.model_id!r} {have}; "
+            "decode it with the model directory of those weights (--model DIR)"
         )
 
 

@@ -365,6 +365,29 @@ def test_wrong_model_for_file(make_image, tmp_path):
     assert not (tmp_path / "w.png").exists()
 
 
+def test_a_file_made_with_replaced_weights_names_them(make_image, tmp_path):
+    """A model directory whose weights were updated (a stint) keeps the earlier sha256 in
+    weights_history.json; a file made with them is refused with a message saying which they were."""
+    first = in_memory_model("cca-tiny", seed=1, model_id="upd")
+    directory = save_model_dir(first, tmp_path / "upd", dtype=torch.float32, info={"total_steps": 4321, "total_cpu_minutes": 12.5})
+    encode_with = run("encode", make_image(17, 33), "-o", tmp_path / "old.cca", "--model", directory)
+    assert encode_with.exit_code == 0, encode_with.stderr
+    checkpoint.record_replaced_weights(directory, "2026-12-05")
+    checkpoint.record_replaced_weights(directory, "2026-12-06")  # the same weights again: recorded once
+    save_model_dir(in_memory_model("cca-tiny", seed=2, model_id="upd"), directory, dtype=torch.float32)
+    history = checkpoint.earlier_weights(directory)
+    assert list(history) == [first.weights_sha256.hex()]
+    assert history[first.weights_sha256.hex()] == {"weights_sha256": first.weights_sha256.hex(), "replaced": "2026-12-05",
+                                                   "total_steps": 4321, "total_cpu_minutes": 12.5}
+    result = run("decode", tmp_path / "old.cca", "--model", directory)
+    assert result.exit_code == 5 and not (tmp_path / "old.png").exists()
+    line = error_line(result)
+    assert f"weights {first.weights_sha256.hex()[:12]} (its weights until 2026-12-05, 4,321 training steps)" in line
+    assert line.endswith("decode it with the model directory of those weights (--model DIR)")
+    (directory / checkpoint.WEIGHTS_HISTORY_FILE).write_text("not json")  # a damaged history only loses the hint
+    assert "its weights until" not in error_line(run("decode", tmp_path / "old.cca", "--model", directory))
+
+
 @pytest.mark.parametrize("quality", ["0", "99"])
 def test_quality_out_of_range(make_image, tmp_path, quality):
     result = run("encode", make_image(8, 8), "-o", tmp_path / "q.cca", "--model", MODEL, "-q", quality)

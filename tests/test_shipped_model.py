@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cca_codec.checkpoint import DEFAULT_MODEL_ID, available_models, load_model
+from cca_codec.checkpoint import DEFAULT_MODEL_ID, available_models, earlier_weights, load_model
 from cca_codec.cli import cli
 from cca_codec.codec import decode_image, encode_image
 from cca_codec.imageio import load_image
@@ -45,6 +45,17 @@ def test_the_default_model_is_trained(shipped):
     assert shipped.model_id == DEFAULT_MODEL_ID
     assert shipped.info.get("steps", 0) > 0
     assert [q.quality for q in shipped.qualities] == list(range(1, 9))
+
+
+def test_the_weights_history_lists_earlier_weights_in_order(shipped):
+    """Each update of the shipped weights adds the replaced ones: never the current weights, and
+    dates and training totals that only grow."""
+    history = list(earlier_weights(shipped.directory).values())
+    assert history and shipped.weights_sha256.hex() not in {e["weights_sha256"] for e in history}
+    assert len({e["weights_sha256"] for e in history}) == len(history)
+    for before, after in zip(history, history[1:]):
+        assert before["replaced"] <= after["replaced"] and before["total_steps"] < after["total_steps"]
+    assert history[-1]["total_steps"] < shipped.info["total_steps"]
 
 
 @pytest.mark.parametrize("context", ["grouped", "checkerboard"])
