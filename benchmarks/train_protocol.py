@@ -73,6 +73,15 @@ class Candidate:
             parts.append(f"quality table extended to {self.extend}")
         return ", ".join(parts)
 
+    def init_command(self, init: Path, out: Path) -> list[str] | None:
+        """The command that turns the starting weights `init` into this candidate's, written to
+        `out` (a widened network or an extended quality table); None when it starts from `init`."""
+        if self.widen:
+            return [sys.executable, "-m", "cca_codec.widen", str(init), str(out), "--factor", "2", "--stages", self.widen]
+        if self.extend:
+            return [sys.executable, "-m", "cca_codec.extend", str(init), str(out), "--top", str(self.extend)]
+        return None
+
 
 CANDIDATES: dict[str, Candidate] = {
     "baseline": Candidate(),
@@ -142,14 +151,10 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
     env = trainer_environment(a.threads)
     init = a.init
     with open(out / "train.log", "w") as log:
-        if candidate.widen:
+        prepare = candidate.init_command(a.init, out / "init")
+        if prepare:
             init = out / "init"
-            widen = [sys.executable, "-m", "cca_codec.widen", str(a.init), str(init), "--factor", "2", "--stages", candidate.widen]
-            subprocess.run(widen, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
-        if candidate.extend:
-            init = out / "init"
-            extend = [sys.executable, "-m", "cca_codec.extend", str(a.init), str(init), "--top", str(candidate.extend)]
-            subprocess.run(extend, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
+            subprocess.run(prepare, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
         start = time.time()
         subprocess.run(train_command(name, init, pack, out, a.cpu_minutes), check=True, stdout=log, stderr=log, env=env, cwd=REPO)
     wall = time.time() - start

@@ -281,12 +281,11 @@ def start(
 def write_lineage(run: Run, init_dir: Path) -> None:
     """Record what the warm-start weights already had behind them (`lineage.json`: steps, machine
     CPU minutes and GPU minutes from their model.json), so stint totals count the model's whole training."""
+    from .checkpoint import training_totals
+
     info = json.loads((init_dir / "model.json").read_text()).get("info", {})
-    lineage = {
-        "from": str(init_dir), "steps": int(info.get("total_steps", info.get("steps", 0))),
-        "cpu_minutes": float(info.get("total_cpu_minutes", info.get("minutes", 0.0))),
-        "gpu_minutes": float(info.get("gpu_minutes", 0.0)),
-    }
+    steps, cpu_minutes = training_totals(info)
+    lineage = {"from": str(init_dir), "steps": steps, "cpu_minutes": cpu_minutes, "gpu_minutes": float(info.get("gpu_minutes", 0.0))}
     atomic_write(run.directory / "lineage.json", (json.dumps(lineage, indent=2) + "\n").encode())
 
 

@@ -256,6 +256,12 @@ def _write_meta(
     atomic_write(out / "MODEL_CARD.md", (card or f"# {model_id}\n").encode())
 
 
+def training_totals(info: dict) -> tuple[int, float]:
+    """(steps, machine CPU minutes) of the whole training behind a model, from its model.json
+    "info": the totals a stint export records, else the single run's own figures."""
+    return int(info.get("total_steps", info.get("steps", 0))), float(info.get("total_cpu_minutes", info.get("minutes", 0.0)))
+
+
 def earlier_weights(directory: Path) -> dict[str, dict]:
     """The weights a model directory held before its current ones, by sha256 (hex): each entry
     has `total_steps`, `total_cpu_minutes` and `replaced` (the date new weights took their place),
@@ -273,15 +279,13 @@ def record_replaced_weights(directory: Path, replaced: str) -> None:
     ones (sha256 and training totals from model.json) to its `weights_history.json`, dated `replaced`."""
     directory = Path(directory)
     meta = json.loads((directory / "model.json").read_text())
-    info = meta.get("info", {})
+    steps, cpu_minutes = training_totals(meta.get("info", {}))
     path = directory / WEIGHTS_HISTORY_FILE
     record = json.loads(path.read_text()) if path.exists() else {"format": WEIGHTS_HISTORY_FORMAT, "model_id": meta["model_id"], "weights": []}
     if any(e["weights_sha256"] == meta["weights_sha256"] for e in record["weights"]):
         return
     record["weights"].append({
-        "weights_sha256": meta["weights_sha256"], "replaced": replaced,
-        "total_steps": int(info.get("total_steps", info.get("steps", 0))),
-        "total_cpu_minutes": float(info.get("total_cpu_minutes", info.get("minutes", 0.0))),
+        "weights_sha256": meta["weights_sha256"], "replaced": replaced, "total_steps": steps, "total_cpu_minutes": cpu_minutes,
     })
     atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
 
