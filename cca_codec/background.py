@@ -475,7 +475,7 @@ def append_stint_row(training_md: Path, row: dict) -> None:
 
     recipe = f"{row['recipe']} on {row['machine']}" if row.get("machine") else row["recipe"]
     line = (
-        f"| {row['date']} | {row['steps']:,} ({row['total_steps']:,}) | {row['cpu_minutes']} ({row['total_cpu_minutes']}) | "
+        f"| {row['date']} | {row['steps']:,} ({row['total_steps']:,}) | {row['cpu_minutes']:,.1f} ({row['total_cpu_minutes']:,.1f}) | "
         f"{row['wall_minutes']} | {recipe} | {row['loss']} / {row['bpp']} / {row['psnr']} | {row['kodak']} | "
         f"{db(row.get('ceiling'))} | {db(row.get('top_step_gain'), '+')} | {fmt(row['bd'].get('jpeg'))} | {fmt(row['bd'].get('vtm'))} | {fmt(row['bd'].get('bpg'))} | "
         f"{fmt(row['bd'].get('shipped'))} | {row['committed']} |\n"
@@ -647,7 +647,7 @@ def _describe_export(export: Path, summary: dict, gpu_minutes: float, kodak: str
     card = (export / "MODEL_CARD.md").read_text()
     lines = (
         f"Whole training, this run and the weights it started from: {summary['total_steps']:,} steps, "
-        f"{summary['total_cpu_minutes']} CPU minutes (2-core machine minutes, see TRAINING.md), "
+        f"{summary['total_cpu_minutes']:,.1f} CPU minutes (2-core machine minutes, see TRAINING.md), "
         f"{gpu_minutes:g} GPU minutes.\n\n"
         f"Kodak check (checkerboard; bpp @ PSNR-RGB dB at qualities 1, 4 and 8): {kodak}."
         + (f" BD-rate: {rates}." if rates else "")

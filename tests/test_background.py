@@ -153,6 +153,8 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     assert header.count("|") == rows[0].count("|") and "| ceiling dB | q7->q8 dB |" in header
     bg.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
     assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
+    bg.append_stint_row(md, {**row, "date": "2026-12-03", "total_cpu_minutes": 1006.24})
+    assert "| 1.5 (1,006.2) |" in md.read_text()
 
 
 def test_cpu_description_names_the_bf16_instructions():
