@@ -631,12 +631,14 @@ def test_ctrl_c_leaves_no_partial_file(image_writer, test_models_root, tmp_path)
     env = subprocess_env(test_models_root)
     start_up = _child_cpu_seconds(lambda: subprocess.run([sys.executable, "-m", "cca_codec", "models"], env=env,
                                                          capture_output=True, check=True))
-    src = image_writer(tmp_path, 3072, 3072, name="large.png")
+    src = image_writer(tmp_path, 2048, 2048, name="large.png")
+    # SIGINT's default action in the encoder whatever this run inherited: a test run started as a background
+    # job (`cmd &` in a script) ignores SIGINT, and so, rightly, would an encoder it starts.
     process = ccacodec_process("encode", src, "-o", tmp_path / "large.cca", "--model", MODEL, "--tile", 256,
-                               "--threads", 1, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               "--threads", 1, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Past the start-up (imports, model) by CPU time, which a busy machine stretches far less than wall
-    # time, and well inside the encoding (144 tiles, about 4 CPU seconds; with 64, a busy machine once
-    # measured a start-up long enough that the signal came after the encoding had ended).
+    # time, and well inside the encoding (64 tiles: several CPU seconds).
     while process.poll() is None and _cpu_seconds(process.pid) < start_up + 1.0:
         time.sleep(0.05)
     assert process.poll() is None, "the encoder finished before it could be interrupted"
