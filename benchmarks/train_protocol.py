@@ -150,11 +150,11 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
         raise SystemExit(f"{name}: needs --lossless-data (python -m cca_codec.data SOURCE PACK --lossless)")
     out.mkdir(parents=True, exist_ok=True)
     env = trainer_environment(a.threads)
-    init = a.init
+    prepared = out / "init"
+    prepare = candidate.init_command(a.init, prepared)
+    init = prepared if prepare else a.init
     with open(out / "train.log", "w") as log:
-        prepare = candidate.init_command(a.init, out / "init")
         if prepare:
-            init = out / "init"
             subprocess.run(prepare, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
         start = time.time()
         subprocess.run(train_command(name, init, pack, out, a.cpu_minutes), check=True, stdout=log, stderr=log, env=env, cwd=REPO)
