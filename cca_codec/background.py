@@ -460,9 +460,10 @@ def append_stint_row(training_md: Path, row: dict) -> None:
         "the whole 2-core machine (process CPU time / threads); Kodak: all 24 images, checkerboard, bpp from file sizes,\n"
         "PSNR-RGB per image then averaged; BD-rates in %, negative = fewer bits. \"vs shipped\" compares with the\n"
         "weights committed at the time. Ceiling: PSNR-RGB of g_s(g_a(x)) without quantisation at the top quality\n"
-        "(`python -m cca_codec.ceiling`), the most any rate can buy; q7->q8: the PSNR the top quality step buys.\n\n"
-        "| date | steps (total) | CPU min (total) | wall min | recipe | train loss / bpp / PSNR | Kodak q1 / q4 / q8 bpp @ dB | "
-        "ceiling dB | q7->q8 dB | vs JPEG | vs VTM | vs BPG | vs shipped | committed |\n"
+        "(`python -m cca_codec.ceiling`), the most any rate can buy; top step: the PSNR the top quality buys over the one\n"
+        "below it. The Kodak column ends with the top quality where the table goes above 8.\n\n"
+        "| date | steps (total) | CPU min (total) | wall min | recipe | train loss / bpp / PSNR | Kodak q1 / q4 / q8 (/ top) bpp @ dB | "
+        "ceiling dB | top step dB | vs JPEG | vs VTM | vs BPG | vs shipped | committed |\n"
         "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|\n"
     )
     if STINTS_HEADING not in text:
@@ -572,10 +573,11 @@ def kodak_ceiling(model_dir: Path, kodak: Path, limit: int | None = None) -> flo
 
 
 def _kodak_points(curve: Path) -> str:
+    """'bpp @ dB' at qualities 1, 4 and 8 of a Kodak curve, and at its top quality when that is above 8."""
     from .bdrate import load_curve
 
     _, bpp, psnr = load_curve(curve)
-    picks = [i for i in (0, 3, 7) if i < len(bpp)]
+    picks = [i for i in (0, 3, 7) if i < len(bpp)] + ([len(bpp) - 1] if len(bpp) > 8 else [])
     return " / ".join(f"{bpp[i]:.3f} @ {psnr[i]:.2f}" for i in picks)
 
 
@@ -649,7 +651,7 @@ def _describe_export(export: Path, summary: dict, gpu_minutes: float, kodak: str
         f"Whole training, this run and the weights it started from: {summary['total_steps']:,} steps, "
         f"{summary['total_cpu_minutes']:,.1f} CPU minutes (2-core machine minutes, see TRAINING.md), "
         f"{gpu_minutes:g} GPU minutes.\n\n"
-        f"Kodak check (checkerboard; bpp @ PSNR-RGB dB at qualities 1, 4 and 8): {kodak}."
+        f"Kodak check (checkerboard; bpp @ PSNR-RGB dB at qualities 1, 4 and 8, then the top one where it is above 8): {kodak}."
         + (f" BD-rate: {rates}." if rates else "")
         + f" Reconstruction ceiling (g_s(g_a(x)) unquantised, top quality): {ceiling:.2f} dB.\n"
     )

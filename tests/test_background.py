@@ -100,7 +100,7 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert model.info["steps"] == row["total_steps"]
     card = (Path(row["export"]) / "MODEL_CARD.md").read_text()
     assert f"Whole training, this run and the weights it started from: {row['total_steps']:,} steps" in card
-    assert f"qualities 1, 4 and 8): {row['kodak']}." in card and "GPU minutes" in card
+    assert f"qualities 1, 4 and 8, then the top one where it is above 8): {row['kodak']}." in card and "GPU minutes" in card
     # the reconstruction ceiling at the top quality, over the same images
     assert row["ceiling"] == round(autoencoder_ceiling(model, sorted(kodak.glob("*.png"))), 3)
     assert f"top quality): {row['ceiling']:.2f} dB." in card
@@ -150,11 +150,23 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
     assert "| 0.3 @ 27 | 35.61 | +0.47 | -3.2 |" in rows[0]
     header = next(line for line in text.splitlines() if line.startswith("| date"))
-    assert header.count("|") == rows[0].count("|") and "| ceiling dB | q7->q8 dB |" in header
+    assert header.count("|") == rows[0].count("|") and "| ceiling dB | top step dB |" in header
     bg.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
     assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
     bg.append_stint_row(md, {**row, "date": "2026-12-03", "total_cpu_minutes": 1006.24})
     assert "| 1.5 (1,006.2) |" in md.read_text()
+
+
+def test_kodak_points_end_with_the_top_quality_above_8(tmp_path):
+    """q1 / q4 / q8 of an 8-quality curve; a table extended to 9 adds its top point last."""
+    def curve(n: int) -> Path:
+        path = tmp_path / f"curve{n}.json"
+        path.write_text(json.dumps({"name": "m", "results": {"bpp": [0.1 * q for q in range(1, n + 1)],
+                                                             "psnr-rgb": [28.0 + q for q in range(1, n + 1)]}}))
+        return path
+
+    assert bg._kodak_points(curve(8)) == "0.100 @ 29.00 / 0.400 @ 32.00 / 0.800 @ 36.00"
+    assert bg._kodak_points(curve(9)) == "0.100 @ 29.00 / 0.400 @ 32.00 / 0.800 @ 36.00 / 0.900 @ 37.00"
 
 
 def test_cpu_description_names_the_bf16_instructions():

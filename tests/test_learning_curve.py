@@ -10,7 +10,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from learning_curve import DEFAULT_LOG, forecast, read_stints  # noqa: E402
 
-HEADER = ("| date | steps (total) | CPU min (total) | wall min | recipe | Kodak q1 / q4 / q8 bpp @ dB | ceiling dB | q7->q8 dB "
+HEADER = ("| date | steps (total) | CPU min (total) | wall min | recipe | Kodak q1 / q4 / q8 bpp @ dB | ceiling dB | top step dB "
           "| vs JPEG | vs VTM | committed |\n|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n")
 
 
