@@ -10,6 +10,11 @@ is fitted as a straight line in log2 of the CPU minutes over the last `--last` r
 roughly straight there: so much per doubling of training) and extrapolated to the goals of issue 23: BD-rate
 vs JPEG at -45 %, the top quality at 37 dB, the ceiling at 40 dB. The forecast is only as good as the pace
 of the recent rows; a change of recipe or a GPU changes it.
+
+A longer quality table moves the measures by a step of its own (a quality 9 ends the curve higher and adds
+a point where the BD-rate is weaker), so the rows are grouped by their table, told apart by the Kodak
+cell's point count (q1 / q4 / q8, then the top quality when the table goes above 8): the fit shares one
+slope across the groups and gives each its own offset, and the forecast is for the last row's table.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class Stint:
     bd_jpeg: float  # % against the JPEG anchor
     top_psnr: float  # dB at the top quality
     ceiling: float  # dB
+    table: int = 3  # the Kodak cell's point count: 3 for a table up to quality 8, 4 for one above it
 
 
 def _cell(cells: dict[str, str], prefix: str) -> str:
@@ -78,7 +84,7 @@ def read_stints(path: Path) -> list[Stint]:
         if not (total and top and re.fullmatch(r"[\d.]+", ceiling)):
             continue
         stints.append(Stint(row[header[0]], float(total.group(1).replace(",", "")), float(_cell(row, MEASURES["bd_jpeg"][0])),
-                            float(top[-1]), float(ceiling)))
+                            float(top[-1]), float(ceiling), len(top)))
     if not stints:
         raise ValueError(f"{path}: no stint rows with a CPU total, a Kodak curve and a ceiling")
     return stints
@@ -86,16 +92,19 @@ def read_stints(path: Path) -> list[Stint]:
 
 def forecast(stints: list[Stint], last: int) -> dict[str, dict]:
     """Per measure: the line fitted over the last `last` rows (value = intercept + per_doubling *
-    log2(CPU minutes)) and the total CPU minutes at which it meets the goal (the last row's when that
-    already has; None when the line moves away from it)."""
+    log2(CPU minutes), with one slope for all rows and an offset for each quality table other than the
+    last row's; `intercept` is the last row's table's) and the total CPU minutes at which it meets the
+    goal (the last row's when that already has; None when the line moves away from it)."""
     rows = stints[-last:]
-    if len(rows) < 2:
-        raise ValueError("the fit needs at least two rows")
+    others = sorted({s.table for s in rows} - {rows[-1].table})
+    if len(rows) < 2 + len(others):
+        raise ValueError(f"the fit needs at least {2 + len(others)} rows (a slope, and an offset for each of {1 + len(others)} quality tables)")
     log_minutes = np.log2([s.cpu_minutes for s in rows])
+    design = np.column_stack([log_minutes, np.ones(len(rows))] + [[float(s.table == t) for s in rows] for t in others])
     out = {}
     for name, (_, _, goal, lower_is_better) in MEASURES.items():
         values = np.array([getattr(s, name) for s in rows])
-        slope, intercept = np.polyfit(log_minutes, values, 1)
+        slope, intercept = np.linalg.lstsq(design, values, rcond=None)[0][:2]
         improving = slope < 0 if lower_is_better else slope > 0
         reached = (values[-1] <= goal) if lower_is_better else (values[-1] >= goal)
         at = None
@@ -109,9 +118,11 @@ def forecast(stints: list[Stint], last: int) -> dict[str, dict]:
 
 
 def markdown(stints: list[Stint], fits: dict[str, dict], last: int) -> str:
-    lines = ["| date | CPU min (total) | vs JPEG % | top quality dB | ceiling dB |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {s.date} | {s.cpu_minutes:,.1f} | {s.bd_jpeg:+.1f} | {s.top_psnr:.2f} | {s.ceiling:.2f} |" for s in stints]
-    lines += ["", f"Fitted over the last {min(last, len(stints))} rows, linear in log2(CPU minutes):", "",
+    lines = ["| date | CPU min (total) | Kodak points | vs JPEG % | top quality dB | ceiling dB |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {s.date} | {s.cpu_minutes:,.1f} | {s.table} | {s.bd_jpeg:+.1f} | {s.top_psnr:.2f} | {s.ceiling:.2f} |" for s in stints]
+    rows = stints[-last:]
+    tables = "" if len({s.table for s in rows}) == 1 else f" (one offset per quality table; the forecast is for the last row's, {rows[-1].table} Kodak points)"
+    lines += ["", f"Fitted over the last {len(rows)} rows, linear in log2(CPU minutes){tables}:", "",
               "| measure | now | goal | per doubling of CPU minutes | CPU min (total) at the goal |", "|---|---:|---:|---:|---:|"]
     for name, f in fits.items():
         at = "never at this pace" if f["cpu_minutes_at_goal"] is None else f"{f['cpu_minutes_at_goal']:,.0f}"

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -14,8 +15,10 @@ HEADER = ("| date | steps (total) | CPU min (total) | wall min | recipe | Kodak 
           "| vs JPEG | vs VTM | committed |\n|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|\n")
 
 
-def row(date, total, top, ceiling, jpeg):
-    return f"| {date} | 10 (20) | 5.0 ({total:,}) | 9 | r | 0.2 @ 20.00 / 0.5 @ 25.00 / 1.3 @ {top:.2f} | {ceiling} | +0.1 | {jpeg} | +3 | yes |\n"
+def row(date, total, top, ceiling, jpeg, above=None):
+    """A stint row; `above`: the PSNR of a quality above 8, which ends the Kodak cell."""
+    kodak = f"0.2 @ 20.00 / 0.5 @ 25.00 / 1.3 @ {top:.2f}" + ("" if above is None else f" / 1.6 @ {above:.2f}")
+    return f"| {date} | 10 (20) | 5.0 ({total:,}) | 9 | r | {kodak} | {ceiling} | +0.1 | {jpeg} | +3 | yes |\n"
 
 
 def write_log(path: Path, rows: str) -> Path:
@@ -51,3 +54,21 @@ def test_the_command_reads_the_shipped_log_and_refuses_a_file_without_the_table(
     (tmp_path / "bare.md").write_text("# nothing\n")
     refused = subprocess.run([sys.executable, str(BENCHMARKS / "learning_curve.py"), str(tmp_path / "bare.md")], capture_output=True, text=True)
     assert refused.returncode == 1 and refused.stderr.strip() == f"error: {tmp_path / 'bare.md'}: no '## Background stints' section"
+
+
+def test_a_longer_quality_table_gets_its_own_offset_and_the_same_slope(tmp_path):
+    """Rows on a table up to quality 9 sit 0.5 dB higher at the top and 1 point worse against JPEG than
+    the q1-8 line; the fit keeps the q1-8 rows' slope and forecasts along the q9 table's line."""
+    rows = row("a", 100, 30.0, "30.00", "-10.0") + row("b", 200, 30.5, "31.00", "-18.0") \
+        + row("c", 400, 30.5, "32.00", "-25.0", above=31.5) + row("d", 800, 31.0, "33.00", "-33.0", above=32.0)
+    stints = read_stints(write_log(tmp_path / "TRAINING.md", rows))
+    assert [s.table for s in stints] == [3, 3, 4, 4] and stints[-1].top_psnr == 32.0
+    fits = forecast(stints, last=5)
+    assert fits["bd_jpeg"]["per_doubling"] == pytest.approx(-8.0) and fits["top_psnr"]["per_doubling"] == pytest.approx(0.5)
+    assert fits["ceiling"]["per_doubling"] == pytest.approx(1.0)
+    assert fits["bd_jpeg"]["cpu_minutes_at_goal"] == pytest.approx(800 * 2 ** (12 / 8), abs=0.05)
+    assert fits["top_psnr"]["cpu_minutes_at_goal"] == pytest.approx(800 * 2 ** 10, abs=0.05)
+    # a plain line through all four rows would have mixed the step into the slope
+    assert float(np.polyfit(np.log2([100, 200, 400, 800]), [-10, -18, -25, -33], 1)[0]) != pytest.approx(-8.0)
+    with pytest.raises(ValueError, match="at least 3 rows"):
+        forecast(stints[1:3], last=5)
