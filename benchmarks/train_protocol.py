@@ -9,7 +9,10 @@ model) with a fresh optimiser and moving average, and trained by `python -m cca_
 the same budget of process CPU time (`--cpu-minutes`, core-minutes: one thread busy for a minute
 is one), so candidates that run side by side (`--jobs 2`, each on `--threads` threads) or beside
 other work get equal work. A candidate that is slower per step makes fewer steps: that is the
-point. Each exports its moving-average weights, which are then measured the same way:
+point. By default the rate stays at the recipe's constant lr; `--decay` makes every candidate decay
+it to lr_final over its CPU budget, as a background stint does over its minutes, so that a round
+from decayed weights measures what a stint would, not what a warm restart at lr first gives back.
+Each exports its moving-average weights, which are then measured the same way:
 
 * Kodak (`--images`, default all 24) through the real codec at qualities 2, 4, 6 and 8,
   checkerboard context, bpp from the `.cca` file sizes, PSNR-RGB per image then averaged;
@@ -99,12 +102,16 @@ CANDIDATES: dict[str, Candidate] = {
 }
 
 
-def train_command(name: str, init: Path, pack: Path, out: Path, cpu_minutes: float) -> list[str]:
-    """The trainer's command line for candidate `name`."""
+DECAY_FLAGS = ("--schedule", "cosine", "--decay-by-time")
+
+
+def train_command(name: str, init: Path, pack: Path, out: Path, cpu_minutes: float, decay: bool = False) -> list[str]:
+    """The trainer's command line for candidate `name`; with `decay`, its learning rate falls from
+    the recipe's lr to lr_final over its CPU budget (a cosine), as a stint's does over its minutes."""
     return [
         sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(out / "run"), "--init", str(init),
-        *CANDIDATES[name].flags, "--max-cpu-minutes", str(cpu_minutes), "--export", str(out / "model"),
-        "--export-id", f"protocol-{name}",
+        *(DECAY_FLAGS if decay else ()), *CANDIDATES[name].flags, "--max-cpu-minutes", str(cpu_minutes),
+        "--export", str(out / "model"), "--export-id", f"protocol-{name}",
     ]
 
 
@@ -157,7 +164,7 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
         if prepare:
             subprocess.run(prepare, check=True, stdout=log, stderr=log, env=env, cwd=REPO)
         start = time.time()
-        subprocess.run(train_command(name, init, pack, out, a.cpu_minutes), check=True, stdout=log, stderr=log, env=env, cwd=REPO)
+        subprocess.run(train_command(name, init, pack, out, a.cpu_minutes, a.decay), check=True, stdout=log, stderr=log, env=env, cwd=REPO)
     wall = time.time() - start
     state = torch.load(out / "run" / "state.pt", map_location="cpu", weights_only=False)
     measured = subprocess.run(
@@ -166,7 +173,7 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
     if measured.returncode:
         raise RuntimeError(f"{name}: measuring {out / 'model'} failed:\n{measured.stderr[-3000:]}")
     row = {
-        "candidate": name, "change": candidate.describe(), "pack": str(pack), "threads": a.threads, "steps": state["step"],
+        "candidate": name, "change": candidate.describe(), "decay": a.decay, "pack": str(pack), "threads": a.threads, "steps": state["step"],
         "cpu_minutes": round(state["cpu_seconds"] / 60, 2), "wall_minutes": round(wall / 60, 1),
         "steps_per_cpu_minute": round(state["step"] / max(state["cpu_seconds"] / 60, 1e-9), 1),
         **json.loads(measured.stdout),
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", default="baseline,lr3e-4", help="comma-separated; the first is what the others are compared with")
     p.add_argument("--cpu-minutes", type=float, default=30.0, help="process CPU minutes (all threads) each candidate trains")
+    p.add_argument("--decay", action="store_true",
+                   help="every candidate decays its learning rate to lr_final over its CPU budget (cosine), as a stint does")
     p.add_argument("--init", default=None, help="weights every candidate starts from (default: the default model)")
     p.add_argument("--data", type=Path, default=train_root() / "pack", help="the JPEG training pack")
     p.add_argument("--lossless-data", type=Path, default=None, help="a lossless pack, for candidate 'lossless'")

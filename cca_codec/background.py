@@ -500,9 +500,10 @@ def _short_number(v: float) -> str:
 
 def _recipe_text(args: list[str]) -> str:
     """The recipe the trainer runs with these flags, compactly: 'b4x256 bf16 cl constant 1e-4
-    ema0.998', or for a decay 'cosine 1e-4>1e-5/45min' (over the call's minutes with
-    --decay-by-time). The flags are read by the trainer's own parser (defaults included, a flag
-    given twice counts once, the last), and `auto` precision as it resolves on this machine's CPU."""
+    ema0.998', or for a decay 'cosine 1e-4>1e-5/45min' (over the call's wall minutes with
+    --decay-by-time; '/30cpumin' over its CPU minutes). The flags are read by the trainer's own
+    parser (defaults included, a flag given twice counts once, the last), and `auto` precision as
+    it resolves on this machine's CPU."""
     import torch
 
     from .train import HIGH_RATE_QUALITIES, autocast_bf16, parse_args
@@ -516,6 +517,8 @@ def _recipe_text(args: list[str]) -> str:
         lr += f">{_short_number(o.lr_final)}"
         if o.decay_by_time and o.max_minutes:
             lr += f"/{o.max_minutes:g}min"
+        if o.decay_by_time and o.max_cpu_minutes:
+            lr += f"/{o.max_cpu_minutes:g}cpumin"
     parts += [o.schedule, lr]
     if o.ema:
         parts.append(f"ema{o.ema:g}")

@@ -111,10 +111,11 @@ BATCH_HELP = (
 )
 
 
-def learning_rate(step: int, o: TrainOptions, minutes_this_run: float = 0.0) -> float:
+def learning_rate(step: int, o: TrainOptions, minutes_this_run: float = 0.0, cpu_minutes_this_run: float = 0.0) -> float:
     """Linear warm-up over the run's first `warmup` steps, then either `constant` at lr (for a run
     that never ends: export the EMA weights) or a `cosine` decay from lr to lr_final over `steps`,
-    or, with `decay_by_time`, over this call's `max_minutes` when that ends first."""
+    or, with `decay_by_time`, over this call's budget when that ends first: `max_minutes` of wall
+    time or `max_cpu_minutes` of process CPU time (all threads), whichever the call spends first."""
     if step < o.warmup:
         return o.lr * (step + 1) / o.warmup
     if o.schedule == "constant":
@@ -122,6 +123,8 @@ def learning_rate(step: int, o: TrainOptions, minutes_this_run: float = 0.0) -> 
     t = (step - o.warmup) / max(o.steps - o.warmup, 1)
     if o.decay_by_time and o.max_minutes:
         t = max(t, minutes_this_run / o.max_minutes)
+    if o.decay_by_time and o.max_cpu_minutes:
+        t = max(t, cpu_minutes_this_run / o.max_cpu_minutes)
     t = min(t, 1.0)
     return o.lr_final + 0.5 * (o.lr - o.lr_final) * (1 + math.cos(math.pi * t))
 
@@ -304,12 +307,13 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"] if s.get("ema") else self.net.state_dict())
 
-    def train_step(self, minutes_this_run: float = 0.0) -> dict:
+    def train_step(self, minutes_this_run: float = 0.0, cpu_minutes_this_run: float = 0.0) -> dict:
         """One step on the global batch of --batch samples; this rank trains on its rows of it
-        (all of them in a single process), and the record holds global-batch means."""
+        (all of them in a single process), and the record holds global-batch means. The minutes
+        (wall and process CPU) this call of `run` has spent drive a decay by time."""
         o, rows = self.o, self.rows
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.step, o, minutes_this_run)
+            group["lr"] = learning_rate(self.step, o, minutes_this_run, cpu_minutes_this_run)
         x = self.sampler.sample(o.batch, rows)
         if o.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -460,7 +464,7 @@ def _train(trainer: Trainer, max_steps: int | None) -> None:
                     break
                 if o.max_cpu_minutes and cpu_seconds / 60 >= o.max_cpu_minutes:
                     break
-                rec = trainer.train_step(seconds / 60)
+                rec = trainer.train_step(seconds / 60, cpu_seconds / 60)
                 done_here += 1
                 stopping, seconds, cpu_seconds = agree()
                 trainer.minutes = base_minutes + seconds / 60

@@ -130,6 +130,8 @@ def test_recipe_text_reads_flags_as_the_trainer_does():
     assert bg._recipe_text(["--high-rate-draws", "1"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998"  # a uniform draw
     decay = ["--bf16", "--schedule", "cosine", "--lr", "8e-5", "--decay-by-time", "--max-minutes", "45"]  # --bf16: older runs' flag
     assert bg._recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998 top3x2"
+    by_cpu = ["--bf16", "--schedule", "cosine", "--decay-by-time", "--max-cpu-minutes", "30"]  # a protocol candidate's decay
+    assert bg._recipe_text(by_cpu) == "b4x256 bf16 cl cosine 1e-4>1e-5/30cpumin ema0.998 top3x2"
     old = ["--batch", "8", "--lr", "3e-4", "--lr", "2.5e-4", "--schedule", "cosine", "--lr-final", "3e-6", "--variant", "stop_gradient",
            "--precision", "fp32", "--no-channels-last", "--ema", "0", "--high-rate-draws", "1"]
     assert bg._recipe_text(old) == "b8x256 fp32 cosine 2.5e-4>3e-6 stop_gradient"

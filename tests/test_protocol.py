@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import write_image, write_photos
@@ -50,3 +51,22 @@ def test_candidates_on_equal_cpu_budgets(tmp_path):
     collected = subprocess.run([sys.executable, str(SCRIPT), "--init", str(init), "--collect", str(out / "lr3e-4"), str(out / "baseline")],
                                capture_output=True, text=True, timeout=120, check=True)
     assert "vs lr3e-4" in collected.stdout and collected.stdout.index("| lr3e-4 |") < collected.stdout.index("| baseline |")
+
+
+def test_decay_makes_every_candidate_decay_over_its_cpu_budget(tmp_path):
+    """--decay: the candidate's trainer decays lr to lr_final over its CPU minutes; the candidate's
+    own flags still come after the shared ones, so they win where both set something."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from train_protocol import train_command
+
+    from cca_codec.train import learning_rate, parse_args
+
+    def options(command):
+        return parse_args(command[command.index("--data"):])
+
+    plain = options(train_command("lr3e-4", tmp_path, tmp_path / "pack", tmp_path / "out", 30.0))
+    assert plain.schedule == "constant" and learning_rate(5000, plain, 1.0, 29.0) == 3e-4
+    decayed = options(train_command("lr3e-4", tmp_path, tmp_path / "pack", tmp_path / "out", 30.0, decay=True))
+    assert (decayed.schedule, decayed.decay_by_time, decayed.max_cpu_minutes, decayed.lr) == ("cosine", True, 30.0, 3e-4)
+    assert learning_rate(5000, decayed, 1.0, 15.0) == pytest.approx((3e-4 + 1e-5) / 2)
+    assert learning_rate(5000, decayed, 1.0, 30.0) == pytest.approx(1e-5)

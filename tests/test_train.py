@@ -13,7 +13,7 @@ from cca_codec.codec import decode_image, encode_image
 from cca_codec.data import build_pack, load_split
 from cca_codec.errors import UsageError
 from cca_codec.imageio import load_image
-from cca_codec.train import TrainOptions, run
+from cca_codec.train import TrainOptions, learning_rate, run
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,33 @@ def test_a_cpu_minute_budget_stops_the_run(pack, tmp_path):
     assert trainer.cpu_seconds >= 0.24
     per_step = trainer.cpu_seconds / trainer.step
     assert trainer.cpu_seconds - per_step < 0.24  # it stopped at the first step past the budget
+
+
+def test_a_decay_by_time_follows_whichever_budget_the_call_spends_first():
+    """--decay-by-time: the cosine runs over the call's wall minutes or CPU minutes, whichever is
+    further spent; without the flag only the steps count."""
+    o = TrainOptions(data="", out="", schedule="cosine", lr=1e-4, lr_final=1e-5, warmup=0, steps=10**6,
+                     decay_by_time=True, max_minutes=60.0, max_cpu_minutes=30.0)
+    assert learning_rate(5, o, 0.0, 0.0) == pytest.approx(1e-4, rel=1e-4)
+    assert learning_rate(5, o, 30.0, 0.0) == pytest.approx(5.5e-5, rel=1e-4)  # half the wall minutes
+    assert learning_rate(5, o, 30.0, 15.0) == pytest.approx(5.5e-5, rel=1e-4)  # half of each
+    assert learning_rate(5, o, 6.0, 30.0) == pytest.approx(1e-5)  # the CPU budget is spent
+    assert learning_rate(5, o, 6.0, 40.0) == pytest.approx(1e-5)  # and the rate stays at the floor
+    no_wall = TrainOptions(data="", out="", schedule="cosine", warmup=0, steps=10**6, decay_by_time=True, max_cpu_minutes=30.0)
+    assert learning_rate(5, no_wall, 500.0, 7.5) == pytest.approx(1e-5 + 0.5 * 9e-5 * (1 + 2 ** -0.5))  # a quarter of the CPU budget
+    by_steps = TrainOptions(data="", out="", schedule="cosine", warmup=0, steps=100, max_cpu_minutes=30.0)
+    assert learning_rate(50, by_steps, 0.0, 29.0) == pytest.approx(5.5e-5, rel=1e-3)
+
+
+def test_each_step_sets_its_rate_from_the_minutes_this_call_has_spent(pack, tmp_path, monkeypatch):
+    """The trainer hands learning_rate this call's wall and CPU minutes, which grow step by step."""
+    import cca_codec.train as train
+
+    seen = []
+    monkeypatch.setattr(train, "learning_rate", lambda step, o, minutes, cpu_minutes: seen.append((step, minutes, cpu_minutes)) or o.lr)
+    run(options(pack[0], tmp_path / "spent", steps=3))
+    assert [s for s, _, _ in seen] == [0, 1, 2]
+    assert seen[0][1] < seen[1][1] < seen[2][1] and seen[0][2] < seen[1][2] < seen[2][2]
 
 
 def test_float32_synthesis_stages_train_and_are_checked(pack, tmp_path):
