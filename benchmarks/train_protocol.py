@@ -1,7 +1,7 @@
 """The equal-minutes protocol: which training recipe improves the shipped model fastest.
 
     python benchmarks/train_protocol.py --candidates baseline,lr3e-4 --cpu-minutes 30 --jobs 2 \\
-        --out ~/.cache/ccacodec/protocol/r1 [--init models/cca-compact] [--data PACK] [--lossless-data PACK]
+        --out ~/.cache/ccacodec/protocol/r1 [--init models/cca-compact] [--data PACK] [--lossless-data PACK] [--hires-data PACK]
 
 Every candidate is the background run's recipe (the trainer's defaults, `cca_codec.train.TrainOptions`)
 with one thing changed (`--list` prints them), warm-started from the same weights (`--init`, default: the default
@@ -60,8 +60,8 @@ SHARE_QUALITY = 4.0
 
 @dataclass(frozen=True)
 class Candidate:
-    """One change to the recipe: trainer flags added after the recipe's, the training pack
-    ("jpeg" or "lossless"), and the stages to widen 2x before training (`cca_codec.widen`)."""
+    """One change to the recipe: trainer flags added after the recipe's, the training pack (a key of
+    PACKS), and the stages to widen 2x before training (`cca_codec.widen`)."""
 
     flags: tuple[str, ...] = ()
     pack: str = "jpeg"
@@ -92,6 +92,7 @@ CANDIDATES: dict[str, Candidate] = {
     "uniform": Candidate(("--high-rate-draws", "1")),  # every quality equally often (the recipe up to round 4)
     "high-rate-3x": Candidate(("--high-rate-draws", "3")),  # the top three qualities three times as often
     "lossless": Candidate(pack="lossless"),
+    "hires": Candidate(pack="hires"),  # photos downscaled to a short side of 800-1200 px, not 400-600
     "wide": Candidate(widen="0,1"),  # g_a and g_s at H/2 and H/4 twice as wide
     "wide-h2": Candidate(widen="0"),  # at H/2 only
     "stop-gradient": Candidate(("--variant", "stop_gradient")),
@@ -101,6 +102,13 @@ CANDIDATES: dict[str, Candidate] = {
     "extend-q10": Candidate(extend=10),  # qualities 9 and 10 added (`cca_codec.extend`), in the draw's top three
 }
 
+
+# the packs a candidate can train on: the option that names each, and how to build it
+PACKS = {
+    "jpeg": ("data", "python -m cca_codec.data SOURCE PACK"),
+    "lossless": ("lossless_data", "python -m cca_codec.data SOURCE PACK --lossless"),
+    "hires": ("hires_data", "python -m cca_codec.data SOURCE PACK --short-side 800,1200"),
+}
 
 DECAY_FLAGS = ("--schedule", "cosine", "--decay-by-time")
 
@@ -152,9 +160,10 @@ def run_candidate(name: str, a: argparse.Namespace, images: list[Path]) -> dict:
     process of the same thread count, so measurements of side-by-side candidates do not compete
     for more than their share). Returns its row."""
     candidate, out = CANDIDATES[name], a.out / name
-    pack = a.lossless_data if candidate.pack == "lossless" else a.data
+    option, build = PACKS[candidate.pack]
+    pack = getattr(a, option)
     if pack is None:
-        raise SystemExit(f"{name}: needs --lossless-data (python -m cca_codec.data SOURCE PACK --lossless)")
+        raise SystemExit(f"{name}: needs --{option.replace('_', '-')} ({build})")
     out.mkdir(parents=True, exist_ok=True)
     env = trainer_environment(a.threads)
     prepared = out / "init"
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", default=None, help="weights every candidate starts from (default: the default model)")
     p.add_argument("--data", type=Path, default=train_root() / "pack", help="the JPEG training pack")
     p.add_argument("--lossless-data", type=Path, default=None, help="a lossless pack, for candidate 'lossless'")
+    p.add_argument("--hires-data", type=Path, default=None, help="a pack of photos downscaled less, for candidate 'hires'")
     p.add_argument("--kodak", type=Path, default=KODAK)
     p.add_argument("--images", default=None, help="comma-separated Kodak image names (default: all)")
     p.add_argument("--threads", type=int, default=1, help="threads of each candidate")

@@ -4,8 +4,10 @@ A pack is a folder with `train/` and `val/` JPEG crops (all CROP x CROP pixels, 
 `pack.json` describing how it was made. It is small enough to travel to the GPU machine with the
 repository (aim: 20-35 MiB). A lossless pack (`--lossless`) stores the crops as PNG instead, about
 six times larger: for a local CPU run whose top qualities should not learn JPEG q88's block
-artifacts (on average 37.8 dB from the source, the level the top qualities aim at). Photos are downscaled first (short side to 400-600 px when larger),
-which removes sensor noise and JPEG artifacts of the originals, then cut into crops in
+artifacts (on average 37.8 dB from the source, the level the top qualities aim at). Photos are downscaled first (short side to a
+random length in PACK_SHORT_SIDE, 400-600 px, when larger; `--short-side 800,1200` keeps more of a
+high-resolution photo's own scale, `--short-side none` keeps its pixels as they are), which removes
+sensor noise and JPEG artifacts of the originals, then cut into crops in
 proportion to their area. Validation crops come from a held-out subset of the photos, chosen by
 a hash of the file name; Kodak is never part of it.
 """
@@ -26,6 +28,7 @@ from .imageio import IMAGE_SUFFIXES
 PACK_CROP = 288
 PACK_JPEG_QUALITY = 88
 PACK_MAX_CROPS = 5
+PACK_SHORT_SIDE = (400, 600)
 PACK_FORMAT = "ccacodec-pack-1"
 CROP_SUFFIXES = (".jpg", ".png")
 
@@ -35,10 +38,12 @@ def _is_validation(name: str, fraction: float) -> bool:
     return h < fraction * 2**32
 
 
-def _crops_from_photo(img: Image.Image, rng: np.random.Generator, crop: int, max_crops: int) -> list[Image.Image]:
+def _crops_from_photo(
+    img: Image.Image, rng: np.random.Generator, crop: int, max_crops: int, short_side: tuple[float, float] | None
+) -> list[Image.Image]:
     short = min(img.size)
-    if short > 600:
-        target = rng.uniform(400, 600)
+    if short_side is not None and short > short_side[1]:
+        target = rng.uniform(*short_side)
         scale = target / short
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
     if min(img.size) < crop:
@@ -59,12 +64,15 @@ def build_pack(
     crop: int = PACK_CROP,
     jpeg_quality: int = PACK_JPEG_QUALITY,
     max_crops: int = PACK_MAX_CROPS,
+    short_side: tuple[float, float] | None = PACK_SHORT_SIDE,
     val_fraction: float = 0.03,
     seed: int = 0,
     lossless: bool = False,
 ) -> dict:
     """Turn a folder of photographs into a training pack (JPEG crops at `jpeg_quality`, or PNG
-    crops with `lossless`). Returns the pack description."""
+    crops with `lossless`). A photo whose short side is longer than `short_side`'s upper end (pixels)
+    is first downscaled to a short side drawn uniformly from that range; None keeps every photo at its
+    own size. Returns the pack description."""
     src, dst = Path(source), Path(out)
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -77,7 +85,7 @@ def build_pack(
     for path in files:
         split = "val" if _is_validation(path.name, val_fraction) else "train"
         with Image.open(path) as img:
-            crops = _crops_from_photo(img.convert("RGB"), rng, crop, max_crops)
+            crops = _crops_from_photo(img.convert("RGB"), rng, crop, max_crops, short_side)
         for k, c in enumerate(crops):
             buf = io.BytesIO()
             if lossless:
@@ -92,6 +100,7 @@ def build_pack(
         "source": str(src),
         "photos": len(files),
         "crop": crop,
+        "short_side": None if short_side is None else list(short_side),
         "encoding": "png" if lossless else "jpeg",
         "jpeg_quality": None if lossless else jpeg_quality,
         "crops": counts,
@@ -141,6 +150,21 @@ class CropSampler:
         return torch.stack(out).float().div_(255.0)
 
 
+def _short_side(text: str) -> tuple[float, float] | None:
+    """`--short-side`'s value: 'MIN,MAX' in pixels (0 < MIN <= MAX), or 'none'."""
+    import argparse
+
+    if text.lower() == "none":
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX in pixels or 'none', got {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN <= MAX, got {text!r}")
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> None:
     """python -m cca_codec.data SOURCE_DIR PACK_DIR: build a training pack."""
     import argparse
@@ -154,10 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lossless", action="store_true", help="store the crops as PNG (about 6x larger) instead of JPEG")
+    p.add_argument("--short-side", type=_short_side, default=PACK_SHORT_SIDE, metavar="MIN,MAX",
+                   help="downscale photos whose short side exceeds MAX to a random short side in MIN..MAX pixels "
+                        "(default 400,600); 'none' keeps them at full size")
     a = p.parse_args(argv)
     meta = build_pack(
         a.source, a.out, crop=a.crop, jpeg_quality=a.jpeg_quality, max_crops=a.max_crops, val_fraction=a.val_fraction,
-        seed=a.seed, lossless=a.lossless,
+        seed=a.seed, lossless=a.lossless, short_side=a.short_side,
     )
     print(json.dumps(meta, indent=2))
 

@@ -70,3 +70,18 @@ def test_decay_makes_every_candidate_decay_over_its_cpu_budget(tmp_path):
     assert (decayed.schedule, decayed.decay_by_time, decayed.max_cpu_minutes, decayed.lr) == ("cosine", True, 30.0, 3e-4)
     assert learning_rate(5000, decayed, 1.0, 15.0) == pytest.approx((3e-4 + 1e-5) / 2)
     assert learning_rate(5000, decayed, 1.0, 30.0) == pytest.approx(1e-5)
+
+
+def test_a_candidate_names_the_pack_it_needs(tmp_path):
+    """'hires' trains on the pack of less-downscaled photos: without --hires-data it stops before any
+    training and says how to build one."""
+    import argparse
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from train_protocol import CANDIDATES, run_candidate
+
+    assert CANDIDATES["hires"].describe() == "recipe unchanged, hires pack"
+    a = argparse.Namespace(out=tmp_path, data=tmp_path / "pack", lossless_data=None, hires_data=None)
+    with pytest.raises(SystemExit, match=r"hires: needs --hires-data \(.*--short-side 800,1200\)"):
+        run_candidate("hires", a, [])
+    assert not (tmp_path / "hires").exists()

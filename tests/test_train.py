@@ -33,6 +33,24 @@ def test_pack_has_train_and_validation_crops(pack):
     assert crop.size == (160, 160)
 
 
+
+def test_short_side_sets_how_far_photos_are_downscaled(tmp_path, capsys):
+    """Photos with a short side above the range's top are downscaled into it before cropping (fewer
+    crops from less area); 'none' crops them at full size; the pack records the range."""
+    from cca_codec.data import main as data_main
+
+    src = write_photos(tmp_path / "photos", 3, (700, 760), seed=1)
+    small = build_pack(src, tmp_path / "small", crop=64, val_fraction=0.0, short_side=(100, 120))
+    full = build_pack(src, tmp_path / "full", crop=64, val_fraction=0.0, short_side=None)
+    assert (small["crops"]["train"], full["crops"]["train"]) == (3, 15)  # 1 crop from ~110 px, 5 (the cap) from ~730
+    assert small["short_side"] == [100, 120] and full["short_side"] is None
+    data_main([str(src), str(tmp_path / "cli"), "--crop", "64", "--val-fraction", "0", "--short-side", "none"])
+    assert json.loads((tmp_path / "cli" / "pack.json").read_text())["crops"] == full["crops"]
+    with pytest.raises(SystemExit) as bad:
+        data_main([str(src), str(tmp_path / "bad"), "--short-side", "600,400"])
+    assert bad.value.code == 2 and "0 < MIN <= MAX" in capsys.readouterr().err
+
+
 def options(pack_dir, out, **kw):
     base = dict(data=str(pack_dir), out=str(out), config="cca-tiny", batch=2, crop=64, warmup=2, steps=100,
                 log_every=1, save_every=1000, lr=1e-3, device="cpu")
