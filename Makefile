@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/ccacodec encode $(SAMPLE) -o $(DEMO)/seeding.cca --quality 4
 	$(BIN)/ccacodec info $(DEMO)/seeding.cca
 	$(BIN)/ccacodec decode $(DEMO)/seeding.cca -o $(DEMO)/seeding.png
-	$(BIN)/python -m cca_codec.metrics $(SAMPLE) $(DEMO)/seeding.png --cca $(DEMO)/seeding.cca
+	$(BIN)/python -m cca_codec.image.metrics $(SAMPLE) $(DEMO)/seeding.png --cca $(DEMO)/seeding.cca
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from cca_codec.checkpoint import in_memory_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.imageio import load_image
+from cca_codec.core.checkpoint import in_memory_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.image.io import load_image
 from cca_codec.nn.config import ModelConfig, get_config
 
 # Candidates that were measured against cca-compact when its widths were chosen.

@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import _prepare, _walk_slices, decode_image, encode_image
-from cca_codec.errors import CodecError
-from cca_codec.imageio import load_image
+from cca_codec.base.errors import CodecError
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import _prepare, _walk_slices, decode_image, encode_image
+from cca_codec.image.io import load_image
 
 DECODE_WORKER = """
 import json, sys, numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image
-from cca_codec.errors import CodecError
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image
+from cca_codec.base.errors import CodecError
 model = load_model(sys.argv[2])
 for path in sys.argv[3:]:
     try:

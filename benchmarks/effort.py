@@ -3,7 +3,7 @@
     python benchmarks/effort.py ../shared/data/kodak --limit 6 --qualities 2,4,6,8 --efforts 1,3,5,7,9 \
         --threads 2 [--crop 384x256] [--device cuda] [--model ID_OR_DIR] --json results/effort.json
 
-Every image is encoded at every quality and effort with :func:`cca_codec.codec.encode_image` (what
+Every image is encoded at every quality and effort with :func:`cca_codec.core.codec.encode_image` (what
 ``ccacodec encode --effort N`` runs), with the given model and its default context, then decoded
 by the unchanged decoder (both on the CPU, or both on ``--device``): bpp from the file size, PSNR-RGB per image then averaged (as ``ccacodec eval``).
 ``--crop WxH`` codes the centre WxH of each image instead of all of it (a cheaper probe; say so when quoting).
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cca_codec.bdrate import bd_rate
-from cca_codec.checkpoint import LoadedModel, load_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.evaluate import find_images
-from cca_codec.imageio import SourceImage, load_image
-from cca_codec.metrics import bits_per_pixel, psnr
-from cca_codec.refine import EFFORT_STEPS
+from cca_codec.core.checkpoint import LoadedModel, load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.core.refine import EFFORT_STEPS
+from cca_codec.image.io import SourceImage, load_image
+from cca_codec.image.metrics import bits_per_pixel, psnr
+from cca_codec.measure.bdrate import bd_rate
+from cca_codec.measure.evaluate import find_images
 
 
 def centre_crop(image: SourceImage, size: tuple[int, int] | None) -> SourceImage:

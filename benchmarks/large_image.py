@@ -88,9 +88,9 @@ def psnr_files(a: Path, b: Path) -> float:
 
 def tile_overhead(kodak: list[Path], model_id: str, quality: float, tile: int) -> list[dict]:
     """bpp and PSNR of each image coded untiled and tiled (in-process, same model and quality)."""
-    from cca_codec.checkpoint import load_model
-    from cca_codec.codec import decode_image, encode_image
-    from cca_codec.imageio import load_image
+    from cca_codec.core.checkpoint import load_model
+    from cca_codec.core.codec import decode_image, encode_image
+    from cca_codec.image.io import load_image
 
     model = load_model(model_id)
     rows = []

@@ -3,7 +3,7 @@
     python benchmarks/rate_control.py ../shared/data/kodak --limit 6 --bpp 0.3,0.6,1.0 --psnr 27,28.5 \
         --threads 2 [--effort 3 [--no-pilot]] --json results/rate_control.json
 
-Every image is coded towards every target with :func:`cca_codec.ratecontrol.encode_to_target` (what
+Every image is coded towards every target with :func:`cca_codec.core.ratecontrol.encode_to_target` (what
 ``ccacodec encode --target-* [--effort N]`` runs), with the given model and its default context, on the CPU.
 The table gives, per target: images that met it within the tolerance, images whose target lies outside
 the model's range (coded at the nearest end), the mean and largest absolute deviation of the images
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image
-from cca_codec.imageio import load_image
-from cca_codec.metrics import psnr
-from cca_codec.ratecontrol import HIGHEST, LOWEST, Target, Trial, encode_to_target
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image
+from cca_codec.core.ratecontrol import HIGHEST, LOWEST, Target, Trial, encode_to_target
+from cca_codec.image.io import load_image
+from cca_codec.image.metrics import psnr
 
 
 def floats(text: str) -> list[float]:

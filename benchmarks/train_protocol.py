@@ -3,9 +3,9 @@
     python benchmarks/train_protocol.py --candidates baseline,lr3e-4 --cpu-minutes 30 --jobs 2 \\
         --out ~/.cache/ccacodec/protocol/r1 [--init models/cca-compact] [--data PACK] [--lossless-data PACK] [--hires-data PACK]
 
-Every candidate is the background run's recipe (the trainer's defaults, `cca_codec.train.TrainOptions`)
+Every candidate is the background run's recipe (the trainer's defaults, `cca_codec.training.train.TrainOptions`)
 with one thing changed (`--list` prints them), warm-started from the same weights (`--init`, default: the default
-model) with a fresh optimiser and moving average, and trained by `python -m cca_codec.train` for
+model) with a fresh optimiser and moving average, and trained by `python -m cca_codec.training.train` for
 the same budget of process CPU time (`--cpu-minutes`, core-minutes: one thread busy for a minute
 is one), so candidates that run side by side (`--jobs 2`, each on `--threads` threads) or beside
 other work get equal work. A candidate that is slower per step makes fewer steps: that is the
@@ -18,7 +18,7 @@ Each exports its moving-average weights, which are then measured the same way:
   checkerboard context, bpp from the `.cca` file sizes, PSNR-RGB per image then averaged;
 * the same at every quality above 8 of a candidate whose table is extended (`extend-q9`, `extend-q10`),
   reported beside the others (BD-rates cover qualities 2-8, the range every candidate has);
-* the reconstruction ceiling at quality 8, the top every candidate has (`cca_codec.ceiling`:
+* the reconstruction ceiling at quality 8, the top every candidate has (`cca_codec.measure.ceiling`:
   g_s(g_a(x)) without quantisation), and the PSNR bought by the step from quality 6 to 8;
 * the share of y's estimated bits in each slice at quality 4 (the CCA paper's Figure 2 question:
   does the CCA term move information into the early slices?);
@@ -45,13 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cca_codec.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, bd_rates_of, train_root, trainer_environment
-from cca_codec.bdrate import load_curve
-from cca_codec.ceiling import autoencoder_ceiling
-from cca_codec.checkpoint import load_model, resolve_model_dir
-from cca_codec.evaluate import evaluate
-from cca_codec.imageio import load_image
+from cca_codec.core.checkpoint import load_model, resolve_model_dir
+from cca_codec.image.io import load_image
+from cca_codec.measure.bdrate import load_curve
+from cca_codec.measure.ceiling import autoencoder_ceiling
+from cca_codec.measure.evaluate import evaluate
 from cca_codec.nn.loss import bits
+from cca_codec.training.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, bd_rates_of, train_root, trainer_environment
 
 REPO = Path(__file__).resolve().parents[1]
 KODAK = REPO.parent / "shared" / "data" / "kodak"
@@ -61,7 +61,7 @@ SHARE_QUALITY = 4.0
 @dataclass(frozen=True)
 class Candidate:
     """One change to the recipe: trainer flags added after the recipe's, the training pack (a key of
-    PACKS), and the stages to widen 2x before training (`cca_codec.widen`)."""
+    PACKS), and the stages to widen 2x before training (`cca_codec.modeltools.widen`)."""
 
     flags: tuple[str, ...] = ()
     pack: str = "jpeg"
@@ -80,9 +80,9 @@ class Candidate:
         """The command that turns the starting weights `init` into this candidate's, written to
         `out` (a widened network or an extended quality table); None when it starts from `init`."""
         if self.widen:
-            return [sys.executable, "-m", "cca_codec.widen", str(init), str(out), "--factor", "2", "--stages", self.widen]
+            return [sys.executable, "-m", "cca_codec.modeltools.widen", str(init), str(out), "--factor", "2", "--stages", self.widen]
         if self.extend:
-            return [sys.executable, "-m", "cca_codec.extend", str(init), str(out), "--top", str(self.extend)]
+            return [sys.executable, "-m", "cca_codec.modeltools.extend", str(init), str(out), "--top", str(self.extend)]
         return None
 
 
@@ -99,15 +99,15 @@ CANDIDATES: dict[str, Candidate] = {
     "alpha0": Candidate(("--alpha", "0")),
     "fp32-tail": Candidate(("--fp32-synthesis-stages", "1")),  # g_s's H/2 stage in float32 under bf16 autocast
     "extend-q9": Candidate(extend=9),  # quality 9 added: the one step round 6's extend-q10 gave 0.4 dB
-    "extend-q10": Candidate(extend=10),  # qualities 9 and 10 added (`cca_codec.extend`), in the draw's top three
+    "extend-q10": Candidate(extend=10),  # qualities 9 and 10 added (`cca_codec.modeltools.extend`), in the draw's top three
 }
 
 
 # the packs a candidate can train on: the option that names each, and how to build it
 PACKS = {
-    "jpeg": ("data", "python -m cca_codec.data SOURCE PACK"),
-    "lossless": ("lossless_data", "python -m cca_codec.data SOURCE PACK --lossless"),
-    "hires": ("hires_data", "python -m cca_codec.data SOURCE PACK --short-side 800,1200"),
+    "jpeg": ("data", "python -m cca_codec.training.data SOURCE PACK"),
+    "lossless": ("lossless_data", "python -m cca_codec.training.data SOURCE PACK --lossless"),
+    "hires": ("hires_data", "python -m cca_codec.training.data SOURCE PACK --short-side 800,1200"),
 }
 
 DECAY_FLAGS = ("--schedule", "cosine", "--decay-by-time")
@@ -117,7 +117,7 @@ def train_command(name: str, init: Path, pack: Path, out: Path, cpu_minutes: flo
     """The trainer's command line for candidate `name`; with `decay`, its learning rate falls from
     the recipe's lr to lr_final over its CPU budget (a cosine), as a stint's does over its minutes."""
     return [
-        sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(out / "run"), "--init", str(init),
+        sys.executable, "-m", "cca_codec.training.train", "--data", str(pack), "--out", str(out / "run"), "--init", str(init),
         *(DECAY_FLAGS if decay else ()), *CANDIDATES[name].flags, "--max-cpu-minutes", str(cpu_minutes),
         "--export", str(out / "model"), "--export-id", f"protocol-{name}",
     ]

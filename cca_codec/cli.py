@@ -1,5 +1,5 @@
 """The ``ccacodec`` command line: ``encode``, ``decode``, ``info``, ``models``, ``compare`` (an HTML report beside classical codecs at
-equal file size, see :mod:`cca_codec.compare`), and ``encode-dataset`` /
+equal file size, see :mod:`cca_codec.measure.compare`), and ``encode-dataset`` /
 ``decode-dataset`` (whole folder trees on Ray Data, see :mod:`cca_codec.dataset`).
 
 Standard output carries only data: ``.cca`` or image bytes (``-o -``), JSON (``--json``),
@@ -9,7 +9,7 @@ errors go to standard error. Every error is one line, ``ccacodec: error: <messag
 the traceback too).
 
 Exit codes: 0 success, 1 internal error, 2 usage, 3 unreadable input or unwritable output,
-4 corrupt ``.cca`` file, 5 model problem, 130 interrupted; :mod:`cca_codec.errors` holds the
+4 corrupt ``.cca`` file, 5 model problem, 130 interrupted; :mod:`cca_codec.base.errors` holds the
 table and ties each number to its error class.
 
 With several inputs, a failing file does not stop the others; the exit code is that of
@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING, Any
 import click
 from tqdm import tqdm
 
-from . import __version__, runtime
-from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container
-from .errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError, one_line
-from .fileio import STDOUT, read_file, write_output
+from cca_codec import __version__
+from cca_codec.base import runtime
+from cca_codec.base.errors import EXIT_INTERRUPTED, CodecError, InputError, UsageError, one_line
+from cca_codec.base.fileio import STDOUT, read_file, write_output
+from cca_codec.format.container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, describe, read_container
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadedModel
+    from cca_codec.core.checkpoint import LoadedModel
 
 PROG = "ccacodec"
 STDIN = "-"
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the command line and exit with its code.
 
     Before torch loads, OpenMP threads get a short spin before they sleep and the C heap keeps
-    freed blocks for reuse (cca_codec.runtime: measured there). Once a command that loaded
+    freed blocks for reuse (cca_codec.base.runtime: measured there). Once a command that loaded
     torch is done, the process ends without the interpreter's teardown (runtime.leave_process:
     streams flushed, atexit handlers run), which would spend tenths of a second freeing torch's
     objects; otherwise the heap is frozen (gc.freeze) so that the shutdown does not search
@@ -176,7 +177,7 @@ def _torch_modules() -> tuple[ModuleType, ModuleType]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        from . import checkpoint, codec
+        from cca_codec.core import checkpoint, codec
     return checkpoint, codec
 
 
@@ -382,7 +383,7 @@ _device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
     help="Where the network runs.",
 )
-_precision_option = click.option(  # the choices of cca_codec.precision.PRECISIONS (not imported: it needs torch)
+_precision_option = click.option(  # the choices of cca_codec.core.precision.PRECISIONS (not imported: it needs torch)
     "--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
     help="How the image transforms run: bf16 (fast, on a CPU with native bf16), fp32 (exact), auto: bf16 where native.",
 )
@@ -467,8 +468,8 @@ def encode(
     planned = _plan_jobs(inputs, output, output_dir, ".cca")
     _set_threads(threads)
     checkpoint, codec = _torch_modules()
-    from .imageio import load_image
-    from .ratecontrol import Target, encode_to_target
+    from cca_codec.core.ratecontrol import Target, encode_to_target
+    from cca_codec.image.io import load_image
 
     target = Target.from_options(bpp=target_bpp, psnr=target_psnr, size=target_size, quality=quality)
     codec.resolve_device(device)
@@ -549,7 +550,7 @@ def decode(
     planned = _plan_jobs(inputs, output, output_dir, ".png")
     _set_threads(threads)
     checkpoint, codec = _torch_modules()
-    from .imageio import save_image
+    from cca_codec.image.io import save_image
 
     codec.resolve_device(device)
     models: dict[str, LoadedModel] = {}
@@ -614,7 +615,7 @@ def _dataset_options(command: Callable[..., None]) -> Callable[..., None]:
 def _dataset_module() -> ModuleType:
     """Import and return :mod:`cca_codec.dataset` (torch and CompressAI without their deprecation warnings)."""
     _torch_modules()
-    from . import dataset
+    from cca_codec import dataset
 
     return dataset
 
@@ -799,9 +800,9 @@ def compare(
     """
     _set_threads(threads)
     checkpoint, codec = _torch_modules()
-    from . import classical
-    from .compare import DEFAULT_CODECS, compare_images
-    from .ratecontrol import Target
+    from cca_codec.core.ratecontrol import Target
+    from cca_codec.measure import classical
+    from cca_codec.measure.compare import DEFAULT_CODECS, compare_images
 
     target = Target.from_options(bpp=bpp, size=size, quality=quality)
     keys = [key.strip() for key in codecs.split(",") if key.strip()] if codecs is not None else list(DEFAULT_CODECS)
@@ -892,7 +893,7 @@ def import_official_cmd(checkpoints: tuple[str, ...], lambdas: tuple[float, ...]
     if len(checkpoints) != len(lambdas):
         raise click.UsageError(f"give one --lambda per checkpoint ({len(checkpoints)} checkpoints, {len(lambdas)} --lambda)")
     _torch_modules()  # torch and CompressAI, imported without their deprecation warnings
-    from . import official
+    from cca_codec.modeltools import official
 
     directory = official.import_official(
         [(Path(c), lam) for c, lam in zip(checkpoints, lambdas)], model_id or official.DEFAULT_OFFICIAL_MODEL_ID, out_dir

@@ -6,12 +6,12 @@
     with Image.open("photo.cca") as img:             # reads and checks the container, decodes nothing
         img.load()                                    # decodes: the model the file names, device "auto"
     img.save("copy.cca", quality=5, context="grouped", model="cca-compact", device="cpu", tile=None, effort=1)
-    img.save("small.cca", target_bpp=0.3)            # or target_psnr=, target_size= (cca_codec.ratecontrol)
+    img.save("small.cca", target_bpp=0.3)            # or target_psnr=, target_size= (cca_codec.core.ratecontrol)
 
 Opening reads the whole file and validates every chunk (no network runs); the header is then in
 ``img.cca_header``, the ICC profile and EXIF in ``img.info``. The image's mode is ``L``, ``LA``,
 ``RGB`` or ``RGBA`` as the file was coded. Saving applies the command line's input policy
-(:func:`cca_codec.imageio.image_from_pil`): grayscale stays gray, alpha is kept losslessly, the
+(:func:`cca_codec.image.io.image_from_pil`): grayscale stays gray, alpha is kept losslessly, the
 ICC profile and EXIF are carried (EXIF orientation applied first); what the policy changes is
 reported as a ``UserWarning``. Models are loaded once per process and model directory.
 
@@ -32,12 +32,12 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .checkpoint import LoadedModel, load_model, resolve_model_dir
-from .codec import decode_image, encode_image
-from .container import MAX_DIMENSION, SIGNATURE, Header, read_container, read_header
-from .errors import CodecError, UsageError
-from .imageio import image_from_pil
-from .ratecontrol import Target, encode_to_target
+from cca_codec.base.errors import CodecError, UsageError
+from cca_codec.core.checkpoint import LoadedModel, load_model, resolve_model_dir
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.core.ratecontrol import Target, encode_to_target
+from cca_codec.format.container import MAX_DIMENSION, SIGNATURE, Header, read_container, read_header
+from cca_codec.image.io import image_from_pil
 
 FORMAT = "CCA"
 EXTENSION = ".cca"

@@ -38,7 +38,7 @@ fi
 
 init_flags=(--init "$init"); [ "$init" = none ] && init_flags=()
 export PYTHONUNBUFFERED=1
-"$py" -m cca_codec.train --data "$data" --out "$run" --device "$device" "${init_flags[@]}" \
+"$py" -m cca_codec.training.train --data "$data" --out "$run" --device "$device" "${init_flags[@]}" \
     --batch 16 --lr 2e-4 --ema 0.999 \
     --max-minutes "$minutes" --log-every 50 --save-minutes 2 --export "$run/export" --export-id cca-compact "$@" \
     2>&1 | tee "$run/train.out" | grep -v -i warn || true
@@ -47,7 +47,7 @@ export PYTHONUNBUFFERED=1
 # check the export before it leaves the machine: the sample through the codec, encoded here, decoded on the CPU
 "$py" -m cca_codec encode samples/seeding.png -o "$run/check.cca" --model "$run/export" --device "$device" --quiet
 "$py" -m cca_codec decode "$run/check.cca" -o "$run/check.png" --model "$run/export" --device cpu --quiet
-"$py" -m cca_codec.metrics samples/seeding.png "$run/check.png" --cca "$run/check.cca"
+"$py" -m cca_codec.image.metrics samples/seeding.png "$run/check.png" --cca "$run/check.cca"
 
 if [ "$device" = cuda ]; then
     # encoder effort on the GPU (issue 25): the sample at qualities 2/4/6/8, efforts 1, 5 and 9, with the shipped

@@ -64,7 +64,7 @@ def lively_model(model_id: str = "test-lively", seed: int = 5):
 
     import torch
 
-    from cca_codec.checkpoint import in_memory_model, serialize_weights
+    from cca_codec.core.checkpoint import in_memory_model, serialize_weights
 
     model = in_memory_model("cca-tiny", model_id=model_id, seed=seed)
     with torch.no_grad():  # gains e^2 .. e^4.8 by quality: more symbols at higher qualities
@@ -80,7 +80,7 @@ def test_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the model directory ``test-tiny`` (float32 weights), built once."""
     import torch
 
-    from cca_codec.checkpoint import in_memory_model, save_model_dir
+    from cca_codec.core.checkpoint import in_memory_model, save_model_dir
 
     root = tmp_path_factory.mktemp("models")
     model = in_memory_model("cca-tiny", model_id=TEST_MODEL_ID)

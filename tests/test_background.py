@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from cca_codec import background as bg
-from cca_codec.ceiling import autoencoder_ceiling
-from cca_codec.train import autocast_bf16
-from cca_codec.checkpoint import load_model
+from cca_codec.core.checkpoint import load_model
+from cca_codec.measure.ceiling import autoencoder_ceiling
+from cca_codec.training.train import autocast_bf16
 
 TINY = ["--config", "cca-tiny", "--batch", "2", "--crop", "64", "--warmup", "2", "--log-every", "1", "--save-minutes", "0.02"]
 
@@ -50,7 +50,7 @@ def train_dir(tmp_path, monkeypatch):
 
 
 def background(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cca_codec.background", *args], capture_output=True, text=True, timeout=300, check=check)
+    return subprocess.run([sys.executable, "-m", "cca_codec.training.background", *args], capture_output=True, text=True, timeout=300, check=check)
 
 
 def test_start_status_stop_resume_finish(train_dir, tmp_path):
@@ -181,7 +181,7 @@ def test_cpu_description_names_the_bf16_instructions():
 
 
 def test_trainer_threads_spin_briefly_before_sleeping():
-    from cca_codec.runtime import SPIN_COUNT
+    from cca_codec.base.runtime import SPIN_COUNT
 
     env = bg.trainer_environment(2)
     assert env["OMP_NUM_THREADS"] == "2" and env["GOMP_SPINCOUNT"] == SPIN_COUNT != "0"
@@ -242,7 +242,7 @@ while True:
 def test_stop_ends_a_trainer_while_the_foreground_is_busy(tmp_path):
     """The foreground gets busy while the trainer saves its state after `stop`: the watcher must
     not stop it then (it did, and `stop` waited in vain), and must end with it."""
-    child = subprocess.Popen([sys.executable, "-c", TRAINER_STANDIN, "cca_codec.train"])
+    child = subprocess.Popen([sys.executable, "-c", TRAINER_STANDIN, "cca_codec.training.train"])
     run = bg.Run(tmp_path)
     run.pid_file.write_text(f"{child.pid}\n")
     watcher = threading.Thread(target=bg.watch, args=(run, child.pid, bg.YieldPolicy(period=0.1)), daemon=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cca_codec.bdrate import bd_psnr, bd_rate, load_curve
+from cca_codec.measure.bdrate import bd_psnr, bd_rate, load_curve
 
 ANCHORS = Path("/work/shared/anchors")
 RATE = [0.1, 0.25, 0.5, 0.9, 1.5]

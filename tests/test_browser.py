@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_image
 from PIL import Image
 
 from cca_codec import classical
 from cca_codec import compare as cmp
 from cca_codec import evaluate as ev
-from cca_codec.checkpoint import in_memory_model
-
-from conftest import write_image
+from cca_codec.core.checkpoint import in_memory_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

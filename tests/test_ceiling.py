@@ -1,4 +1,4 @@
-"""The reconstruction ceiling (`cca_codec.ceiling`) and widening a trained network (`cca_codec.widen`)."""
+"""The reconstruction ceiling (`cca_codec.measure.ceiling`) and widening a trained network (`cca_codec.modeltools.widen`)."""
 import json
 import subprocess
 import sys
@@ -6,14 +6,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_image
 
-from cca_codec.ceiling import autoencoder_ceiling, reconstruct_unquantized
-from cca_codec.checkpoint import in_memory_model, load_model
-from cca_codec.imageio import load_image
-from cca_codec.metrics import psnr
-from cca_codec.widen import widen
+from cca_codec.core.checkpoint import in_memory_model, load_model
+from cca_codec.image.io import load_image
+from cca_codec.image.metrics import psnr
+from cca_codec.measure.ceiling import autoencoder_ceiling, reconstruct_unquantized
+from cca_codec.modeltools.widen import widen
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -58,7 +57,7 @@ def test_ceiling_applies_the_quality_gains_and_defaults_to_the_top_quality(tmp_p
 
 def test_ceiling_command(tmp_path, models_env):
     write_image(tmp_path, 64, 96, name="d.png")
-    done = subprocess.run([sys.executable, "-m", "cca_codec.ceiling", str(tmp_path), "--model", "test-tiny", "--json"],
+    done = subprocess.run([sys.executable, "-m", "cca_codec.measure.ceiling", str(tmp_path), "--model", "test-tiny", "--json"],
                           capture_output=True, text=True, check=True)
     record = json.loads(done.stdout)
     assert record["model"] == "test-tiny" and record["quality"] == 8.0 and record["images"] == 1

@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from cca_codec import cli as cli_module
 from cca_codec import checkpoint, codec, errors
-from cca_codec.checkpoint import DEFAULT_MODEL_ID, available_models, in_memory_model, save_model_dir
+from cca_codec import cli as cli_module
 from cca_codec.cli import cli
+from cca_codec.core.checkpoint import DEFAULT_MODEL_ID, available_models, in_memory_model, save_model_dir
 
 MODEL = "test-tiny"
 REPO = Path(__file__).resolve().parents[1]

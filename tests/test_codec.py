@@ -5,14 +5,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
-
-from cca_codec.checkpoint import in_memory_model, load_model, save_model_dir
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.container import read_container
-from cca_codec.errors import FormatError, ModelError, UsageError
-from cca_codec.imageio import SourceImage
-
 from conftest import lively_model, sample_pixels
+
+from cca_codec.base.errors import FormatError, ModelError, UsageError
+from cca_codec.core.checkpoint import in_memory_model, load_model, save_model_dir
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.format.container import read_container
+from cca_codec.image.io import SourceImage
 
 MODES = ["grouped", "checkerboard"]
 photo = sample_pixels

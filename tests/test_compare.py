@@ -8,16 +8,15 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_image
 from PIL import Image
 
 from cca_codec import classical
 from cca_codec import compare as cmp
-from cca_codec.checkpoint import in_memory_model
+from cca_codec.base.errors import InputError, UsageError
 from cca_codec.cli import cli
-from cca_codec.errors import InputError, UsageError
-from cca_codec.ratecontrol import Target
-
-from conftest import write_image
+from cca_codec.core.checkpoint import in_memory_model
+from cca_codec.core.ratecontrol import Target
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""Tests of the .cca container (cca_codec.container).
+"""Tests of the .cca container (cca_codec.format.container).
 
 Hand-built files use ``pack_chdr_raw``/``chunk``, an independent implementation of the
 layout in docs/FORMAT.md that skips validation, so the reader's checks can be reached.
@@ -14,7 +14,8 @@ import zlib
 
 import pytest
 
-from cca_codec.container import (
+from cca_codec.base.errors import FormatError
+from cca_codec.format.container import (
     FORMAT_VERSION,
     SIGNATURE,
     Container,
@@ -26,7 +27,6 @@ from cca_codec.container import (
     read_header,
     write_container,
 )
-from cca_codec.errors import FormatError
 
 SHA = bytes(range(32))
 

@@ -19,19 +19,17 @@ import pytest
 import ray
 import torch
 from click.testing import CliRunner
+from conftest import lively_model, write_image
 from PIL import Image
 
-from cca_codec.checkpoint import load_model, save_model_dir
+from cca_codec.base.errors import UsageError
 from cca_codec.cli import cli
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.dataset import RayOptions, decode_dataset, encode_dataset
-from cca_codec.dataset import engine
-from cca_codec.errors import UsageError
+from cca_codec.core.checkpoint import load_model, save_model_dir
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.dataset import RayOptions, decode_dataset, encode_dataset, engine
 from cca_codec.dataset.manifest import FIELDS, MANIFEST_NAME, read_manifest, write_manifest
 from cca_codec.dataset.plan import Source, make_plan
-from cca_codec.imageio import IMAGE_SUFFIXES
-from cca_codec.imageio import encode_png, load_image
-from conftest import lively_model, write_image
+from cca_codec.image.io import IMAGE_SUFFIXES, encode_png, load_image
 
 MODEL_ID = "test-lively"
 QUALITY = 3.0

@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun, on the CPU with 2 gloo processes.
 
-Three launches of `python -m torch.distributed.run --nproc-per-node 2 -m cca_codec.train`:
+Three launches of `python -m torch.distributed.run --nproc-per-node 2 -m cca_codec.training.train`:
 a run stopped by SIGTERM sent to rank 1 alone (both ranks stop at one step, S, and rank 0 writes
 the state), its resumption to S + 2 steps, and a straight run of S + 2 steps. Against them: one
 process with the same global batch (losses match within float tolerance), the resumed run against
@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_photos
 
-from cca_codec.checkpoint import load_model
-from cca_codec.data import build_pack
-from cca_codec.distributed import World
-from cca_codec.errors import UsageError
-from cca_codec.train import TrainOptions, run
+from cca_codec.base.errors import UsageError
+from cca_codec.core.checkpoint import load_model
+from cca_codec.training.data import build_pack
+from cca_codec.training.distributed import World
+from cca_codec.training.train import TrainOptions, run
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 4
@@ -46,7 +45,7 @@ def cli_args(pack, out, steps, **extra):
 
 
 def torchrun(pack, out, steps, **extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cca_codec.train"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "cca_codec.training.train"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd + cli_args(pack, out, steps, **extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -10,19 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cca_codec.checkpoint import save_model_dir
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.imageio import SourceImage
-
 from conftest import lively_model, sample_pixels
+
+from cca_codec.core.checkpoint import save_model_dir
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.image.io import SourceImage
 
 MODES = ("grouped", "checkerboard")
 DECODE_ALL = """
 import hashlib, json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image
 model = load_model(sys.argv[2])
 out = {}
 for path in sys.argv[3:]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cca_codec.checkpoint import load_model
-from cca_codec.data import build_pack
+from cca_codec.core.checkpoint import load_model
+from cca_codec.training.data import build_pack
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from compressai.entropy_models import GaussianConditional
 
+from cca_codec.base.errors import CodecError, FormatError
 from cca_codec.entropy.coder import SymbolDecoder, SymbolEncoder
 from cca_codec.entropy.tables import CDFTables, ScaleTable
-from cca_codec.errors import CodecError, FormatError
 from cca_codec.nn.model import default_scale_table
 
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from cca_codec import classical
 from cca_codec import evaluate as ev
-from cca_codec.checkpoint import in_memory_model
-from cca_codec.errors import UsageError
+from cca_codec.base.errors import UsageError
+from cca_codec.core.checkpoint import in_memory_model
 
 QUALITIES = [2, 5]
 CONTEXTS = ["grouped", "checkerboard"]

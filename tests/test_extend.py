@@ -1,4 +1,4 @@
-"""Extending a trained network's quality table above its top quality (`cca_codec.extend`)."""
+"""Extending a trained network's quality table above its top quality (`cca_codec.modeltools.extend`)."""
 import json
 import math
 import subprocess
@@ -6,14 +6,13 @@ import sys
 
 import pytest
 import torch
-
 from conftest import lively_model, write_image
 
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.extend import extend_gains, extended_table
-from cca_codec.imageio import load_image
-from cca_codec.metrics import psnr
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.image.io import load_image
+from cca_codec.image.metrics import psnr
+from cca_codec.modeltools.extend import extend_gains, extended_table
 from cca_codec.nn.quality import DEFAULT_QUALITIES, QualityPoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +63,7 @@ def test_extension_keeps_the_trained_qualities_and_continues_the_gains():
 
 def test_extend_command_writes_a_model_that_codes_the_new_qualities(tmp_path, models_env):
     out = tmp_path / "q10"
-    done = subprocess.run([sys.executable, "-m", "cca_codec.extend", "test-tiny", str(out), "--top", "10"],
+    done = subprocess.run([sys.executable, "-m", "cca_codec.modeltools.extend", "test-tiny", str(out), "--top", "10"],
                           capture_output=True, text=True, check=True)
     assert [q["quality"] for q in json.loads(done.stdout)["qualities"]] == list(range(1, 11))
     model, original = load_model(out), load_model("test-tiny")
@@ -74,7 +73,7 @@ def test_extend_command_writes_a_model_that_codes_the_new_qualities(tmp_path, mo
     for quality in (8.0, 9.5, 10.0):
         decoded = decode_image(encode_image(image, model, quality=quality, device="cpu"), model, device="cpu")
         assert decoded.rgb.shape == image.rgb.shape and math.isfinite(psnr(image.rgb, decoded.rgb))
-    refused = subprocess.run([sys.executable, "-m", "cca_codec.extend", str(out), str(tmp_path / "again"), "--top", "9"],
+    refused = subprocess.run([sys.executable, "-m", "cca_codec.modeltools.extend", str(out), str(tmp_path / "again"), "--top", "9"],
                              capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == "error: --top 9 must exceed the table's top quality 10"

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cca_codec import errors
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.container import SIGNATURE
-from cca_codec.imageio import SourceImage, encode_png
-
 from conftest import TEST_MODEL_ID, sample_pixels
 from test_cli import ccacodec_process, error_line, run, subprocess_env
+
+from cca_codec import errors
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.format.container import SIGNATURE
+from cca_codec.image.io import SourceImage, encode_png
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 DECODE_CODES = {errors.FormatError.exit_code, errors.ModelError.exit_code}
@@ -43,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model(test_models_root):
-    from cca_codec.checkpoint import load_model
+    from cca_codec.core.checkpoint import load_model
 
     return load_model(str(test_models_root / TEST_MODEL_ID))
 

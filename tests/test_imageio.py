@@ -1,4 +1,4 @@
-"""Tests of cca_codec.imageio (input policy, output) and cca_codec.fileio (atomic writes)."""
+"""Tests of cca_codec.image.io (input policy, output) and cca_codec.base.fileio (atomic writes)."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from cca_codec import fileio
-from cca_codec.errors import InputError
-from cca_codec.imageio import DecodedImage, encode_png, load_image, save_image
+from cca_codec.base.errors import InputError
+from cca_codec.image.io import DecodedImage, encode_png, load_image, save_image
 
 RNG = np.random.default_rng(0)
 

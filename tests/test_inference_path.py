@@ -7,22 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.errors import UsageError
-from cca_codec.imageio import SourceImage
-from cca_codec.nn.priors import FrozenEntropyModel
-from cca_codec.precision import resolve_precision
-
 from conftest import TEST_MODEL_ID, sample_pixels
+
+from cca_codec.base.errors import UsageError
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.core.precision import resolve_precision
+from cca_codec.image.io import SourceImage
+from cca_codec.nn.priors import FrozenEntropyModel
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_WITHOUT_COMPRESSAI = """
 import sys
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.imageio import SourceImage
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.image.io import SourceImage
 import numpy as np
 rgb = np.zeros((40, 70, 3), np.uint8)
 model = load_model(sys.argv[1])

@@ -1,4 +1,4 @@
-"""SSIMULACRA2 (cca_codec.metrics.ssimulacra2) on generated images; against libjxl's tool when installed."""
+"""SSIMULACRA2 (cca_codec.image.metrics.ssimulacra2) on generated images; against libjxl's tool when installed."""
 import io
 import shutil
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cca_codec import metrics
-from cca_codec.metrics import ssimulacra2
+from cca_codec.image.metrics import ssimulacra2
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
 REGRESSION_SCORE = 51.921187

@@ -1,4 +1,4 @@
-"""The CCA authors' checkpoints (cca_codec.official): name mapping, fidelity, import as a model.
+"""The CCA authors' checkpoints (cca_codec.modeltools.official): name mapping, fidelity, import as a model.
 
 The reference files next to the checkout (`shared/reference`) describe the official format: the
 key/shape/dtype table of the paper's network (`official_cca_state_dict.tsv`), the auxiliary
@@ -18,14 +18,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cca_codec.checkpoint import load_model
+from cca_codec.base.errors import InputError, ModelError, UsageError
 from cca_codec.cli import cli
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.container import read_header
-from cca_codec.errors import InputError, ModelError, UsageError
-from cca_codec.imageio import SourceImage
-from cca_codec.nn.config import ModelConfig, get_config
-from cca_codec.official import (
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.format.container import read_header
+from cca_codec.image.io import SourceImage
+from cca_codec.modeltools.official import (
     IGNORED_OFFICIAL_KEYS,
     clean_official_state_dict,
     import_official,
@@ -36,6 +35,7 @@ from cca_codec.official import (
     official_quality,
     read_official_checkpoint,
 )
+from cca_codec.nn.config import ModelConfig, get_config
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 STATE_DICT_TABLE = REFERENCE / "official_cca_state_dict.tsv"

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import TEST_MODEL_ID, lively_model, sample_pixels
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 import cca_codec.pillow  # noqa: F401 - registers the CCA format
 from cca_codec.cli import cli
-
-from conftest import TEST_MODEL_ID, lively_model, sample_pixels
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 MANIFEST = json.loads((BAD / "manifest.json").read_text())

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_image, write_photos
 
-from cca_codec.checkpoint import in_memory_model, save_model_dir
-from cca_codec.data import build_pack
+from cca_codec.core.checkpoint import in_memory_model, save_model_dir
+from cca_codec.training.data import build_pack
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_protocol.py"
 
@@ -59,7 +58,7 @@ def test_decay_makes_every_candidate_decay_over_its_cpu_budget(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     from train_protocol import train_command
 
-    from cca_codec.train import learning_rate, parse_args
+    from cca_codec.training.train import learning_rate, parse_args
 
     def options(command):
         return parse_args(command[command.index("--data"):])

@@ -1,4 +1,4 @@
-"""Rate control (cca_codec.ratecontrol): real encodings land within tolerance, range ends are
+"""Rate control (cca_codec.core.ratecontrol): real encodings land within tolerance, range ends are
 reported, bad values are usage errors; through the Python API and `ccacodec encode`.
 
 Rate targets use a small random model whose gains spread the latents (`lively_model`: its rate
@@ -14,20 +14,27 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
-
-from cca_codec.checkpoint import QualityNetwork, load_model, save_model_dir, save_per_quality_model_dir
-from cca_codec.cli import cli
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.container import read_container
-from cca_codec.errors import UsageError
-from cca_codec.imageio import SourceImage, load_image
-from cca_codec.metrics import psnr
-from cca_codec.ratecontrol import (
-    CLOSEST, HIGHEST, LOWEST, NEIGHBOUR_PROBES, WITHIN, Target, encode_to_target, search_grid, searched_qualities,
-)
-from cca_codec.nn.quality import DEFAULT_QUALITIES
-
 from conftest import lively_model, sample_pixels, write_image
+
+from cca_codec.base.errors import UsageError
+from cca_codec.cli import cli
+from cca_codec.core.checkpoint import QualityNetwork, load_model, save_model_dir, save_per_quality_model_dir
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.core.ratecontrol import (
+    CLOSEST,
+    HIGHEST,
+    LOWEST,
+    NEIGHBOUR_PROBES,
+    WITHIN,
+    Target,
+    encode_to_target,
+    search_grid,
+    searched_qualities,
+)
+from cca_codec.format.container import read_container
+from cca_codec.image.io import SourceImage, load_image
+from cca_codec.image.metrics import psnr
+from cca_codec.nn.quality import DEFAULT_QUALITIES
 
 LIVELY = "test-lively"
 
@@ -282,7 +289,7 @@ def test_rate_control_at_an_effort_searches_at_effort_1_first(shipped):
 
 
 def test_a_bad_effort_is_refused_before_any_encoding(shipped, monkeypatch):
-    import cca_codec.ratecontrol as ratecontrol
+    import cca_codec.core.ratecontrol as ratecontrol
 
     monkeypatch.setattr(ratecontrol, "encode_image", lambda *a, **k: pytest.fail("encoded"))
     with pytest.raises(UsageError, match="effort"):

@@ -10,14 +10,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cca_codec import refine
-from cca_codec.checkpoint import load_model
+from cca_codec.base.errors import UsageError
 from cca_codec.cli import cli
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.container import read_container
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image, encode_image
 from cca_codec.entropy.tables import CDFTables
-from cca_codec.errors import UsageError
-from cca_codec.imageio import SourceImage
-from cca_codec.metrics import bits_per_pixel
+from cca_codec.format.container import read_container
+from cca_codec.image.io import SourceImage
+from cca_codec.image.metrics import bits_per_pixel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -160,8 +160,8 @@ def test_z_rate_is_what_the_z_tables_charge_and_interpolates_between_symbols(shi
 
 
 def test_pixel_weights_are_the_blend_weights_and_zero_on_the_padding():
-    from cca_codec.codec import _padded, _pixel_weights
-    from cca_codec.tiling import choose_layout
+    from cca_codec.core.codec import _padded, _pixel_weights
+    from cca_codec.format.tiling import choose_layout
 
     layout = choose_layout(150, 200, 64, 64)
     assert layout.count > 1

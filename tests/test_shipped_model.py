@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cca_codec.checkpoint import DEFAULT_MODEL_ID, available_models, earlier_weights, load_model
 from cca_codec.cli import cli
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.imageio import load_image
-from cca_codec.metrics import bits_per_pixel, psnr
+from cca_codec.core.checkpoint import DEFAULT_MODEL_ID, available_models, earlier_weights, load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.image.io import load_image
+from cca_codec.image.metrics import bits_per_pixel, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "seeding.png"

@@ -1,16 +1,15 @@
-"""Tiled coding: the tile grid and its blending weights (cca_codec.tiling), and tiled files end to end."""
+"""Tiled coding: the tile grid and its blending weights (cca_codec.format.tiling), and tiled files end to end."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.container import read_container
-from cca_codec.errors import UsageError
-from cca_codec.imageio import SourceImage
-from cca_codec.tiling import AUTO_TILE_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, BlendAssembler, TileLayout, choose_layout
-
 from conftest import lively_model, sample_pixels
+
+from cca_codec.base.errors import UsageError
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.format.container import read_container
+from cca_codec.format.tiling import AUTO_TILE_PIXELS, DEFAULT_OVERLAP, DEFAULT_TILE, BlendAssembler, TileLayout, choose_layout
+from cca_codec.image.io import SourceImage
 
 LAYOUTS = [
     TileLayout(200, 300, 64, 128, 16),  # last row and column smaller than the overlap band

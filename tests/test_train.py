@@ -4,16 +4,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_photos
 from PIL import Image
 
-from conftest import write_photos
-
-from cca_codec.checkpoint import load_model
-from cca_codec.codec import decode_image, encode_image
-from cca_codec.data import build_pack, load_split
-from cca_codec.errors import UsageError
-from cca_codec.imageio import load_image
-from cca_codec.train import TrainOptions, learning_rate, run
+from cca_codec.base.errors import UsageError
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.image.io import load_image
+from cca_codec.training.data import build_pack, load_split
+from cca_codec.training.train import TrainOptions, learning_rate, run
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def test_pack_has_train_and_validation_crops(pack):
 def test_short_side_sets_how_far_photos_are_downscaled(tmp_path, capsys):
     """Photos with a short side above the range's top are downscaled into it before cropping (fewer
     crops from less area); 'none' crops them at full size; the pack records the range."""
-    from cca_codec.data import main as data_main
+    from cca_codec.training.data import main as data_main
 
     src = write_photos(tmp_path / "photos", 3, (700, 760), seed=1)
     small = build_pack(src, tmp_path / "small", crop=64, val_fraction=0.0, short_side=(100, 120))
@@ -136,7 +135,7 @@ def test_a_decay_by_time_follows_whichever_budget_the_call_spends_first():
 
 def test_each_step_sets_its_rate_from_the_minutes_this_call_has_spent(pack, tmp_path, monkeypatch):
     """The trainer hands learning_rate this call's wall and CPU minutes, which grow step by step."""
-    import cca_codec.train as train
+    import cca_codec.training.train as train
 
     seen = []
     monkeypatch.setattr(train, "learning_rate", lambda step, o, minutes, cpu_minutes: seen.append((step, minutes, cpu_minutes)) or o.lr)

@@ -36,14 +36,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..checkpoint import load_model
-from ..codec import check_context, default_context
-from ..container import DEFAULT_MAX_PIXELS
-from ..errors import CodecError, InputError, UsageError, one_line
-from ..imageio import IMAGE_SUFFIXES
-from ..nn.model import CCAModel
-from ..refine import effort_schedule
-from ..tiling import choose_layout
+from cca_codec.base.errors import CodecError, InputError, UsageError, one_line
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.codec import check_context, default_context
+from cca_codec.core.refine import effort_schedule
+from cca_codec.format.container import DEFAULT_MAX_PIXELS
+from cca_codec.format.tiling import choose_layout
+from cca_codec.image.io import IMAGE_SUFFIXES
+from cca_codec.nn.model import CCAModel
+
 from .manifest import FAILED, MANIFEST_NAME, ManifestJournal, Record, new_record, read_manifest, write_manifest
 from .plan import CCA_EXTENSIONS, Plan, Source, make_plan, output_path
 from .work import WEIGHTS_DIGITS, DecodeSettings, DecodeWorker, EncodeSettings, EncodeWorker, Roots

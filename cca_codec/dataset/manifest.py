@@ -7,7 +7,7 @@ path, output
     the source file and the file written, relative to SRC and DST ("/" separated).
 status, error, exit_code
     ``"ok"``, or ``"failed"`` with the one-line message and the exit code ``ccacodec encode`` /
-    ``decode`` would have given for that file (see :mod:`cca_codec.errors`).
+    ``decode`` would have given for that file (see :mod:`cca_codec.base.errors`).
 bytes, width, height, bpp
     the size of the output file, the image size, and the bits per pixel of the ``.cca`` file.
 quality, context, model, weights, effort
@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import InputError
-from ..fileio import atomic_write
+from cca_codec.base.errors import InputError
+from cca_codec.base.fileio import atomic_write
 
 MANIFEST_NAME = "manifest.jsonl"
 """The manifest's file name in DST."""

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import InputError
-from .manifest import FAILED, OK, Record, new_record
+from cca_codec.base.errors import InputError
 
+from .manifest import FAILED, OK, Record, new_record
 
 CCA_EXTENSIONS = frozenset({".cca"})
 """Extensions of the files ``decode-dataset`` decodes."""

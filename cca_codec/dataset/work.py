@@ -3,8 +3,8 @@
 Ray Data builds one instance per worker (``map_batches`` with an actor pool) and calls it with
 batches of ``{"path": [...], "bytes": [...]}`` as ``read_binary_files(include_paths=True)``
 produces them. Each file is coded with the same functions as ``ccacodec encode`` / ``decode``
-(:func:`~cca_codec.codec.encode_image`, :func:`~cca_codec.codec.decode_image`), written with
-:func:`~cca_codec.fileio.atomic_write` under DST at its mirrored path, and becomes one manifest
+(:func:`~cca_codec.core.codec.encode_image`, :func:`~cca_codec.core.codec.decode_image`), written with
+:func:`~cca_codec.base.fileio.atomic_write` under DST at its mirrored path, and becomes one manifest
 record. A failing file becomes a ``failed`` record; it never stops the batch. The result is one
 column, ``record``, of JSON strings (a schema that every record fits, whatever its values).
 """
@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import LoadedModel, load_model
-from ..codec import decode_image, encode_image
-from ..container import read_container
-from ..errors import CodecError, InputError, one_line
-from ..fileio import atomic_write
-from ..imageio import encode_png, load_image
+from cca_codec.base.errors import CodecError, InputError, one_line
+from cca_codec.base.fileio import atomic_write
+from cca_codec.core.checkpoint import LoadedModel, load_model
+from cca_codec.core.codec import decode_image, encode_image
+from cca_codec.format.container import read_container
+from cca_codec.image.io import encode_png, load_image
+
 from .manifest import FAILED, OK, Record, new_record
 from .plan import output_path
 

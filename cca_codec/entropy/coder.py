@@ -14,7 +14,8 @@ from importlib.metadata import version
 import constriction
 import numpy as np
 
-from ..errors import CodecError, FormatError
+from cca_codec.base.errors import CodecError, FormatError
+
 from .tables import CDFTables
 
 Uniform = constriction.stream.model.Uniform

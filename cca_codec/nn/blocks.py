@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from . import kernels
 
-
 _SKIP_INIT: ContextVar[bool] = ContextVar("skip_parameter_init", default=False)
 
 

@@ -255,7 +255,7 @@ class ChannelContextModel(nn.Module):
         needs are not reconstructed; y_hat is None unless all of them are (the auxiliary model).
 
         `quantize` replaces STE rounding of y - mu (the encoder's latent refinement: annealed
-        soft rounding, cca_codec.refine); the likelihoods are then those of the quantized values
+        soft rounding, cca_codec.core.refine); the likelihoods are then those of the quantized values
         mu + quantize(y - mu), not of y.
         """
         quantize_is_ste = quantize is None

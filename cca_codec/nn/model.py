@@ -1,12 +1,11 @@
 """The CCA image compression network: transforms, hyperprior, gains and context model.
 
-`CCAModel.forward` is the training pass. The codec (cca_codec.codec) drives the same modules step
+`CCAModel.forward` is the training pass. The codec (cca_codec.core.codec) drives the same modules step
 by step for real encoding and decoding; nothing about the entropy parameters is computed twice.
 """
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import torch

@@ -1,9 +1,9 @@
 """Training: one network for every quality, trained with the CCA loss, resumable in chunks.
 
-    python -m cca_codec.train --data data_pack --out runs/r1 --config cca-compact --max-minutes 8
-    python -m cca_codec.train --data data_pack --out runs/r1 --resume runs/r1/state.pt ...
-    python -m cca_codec.train ... --init models/cca-compact   # start from shipped weights
-    torchrun --nproc-per-node 8 -m cca_codec.train ... --batch 64   # data-parallel, 8 per GPU
+    python -m cca_codec.training.train --data data_pack --out runs/r1 --config cca-compact --max-minutes 8
+    python -m cca_codec.training.train --data data_pack --out runs/r1 --resume runs/r1/state.pt ...
+    python -m cca_codec.training.train ... --init models/cca-compact   # start from shipped weights
+    torchrun --nproc-per-node 8 -m cca_codec.training.train ... --batch 64   # data-parallel, 8 per GPU
 
 Each step draws a batch of random crops; every sample gets its own quality (lambda) drawn from
 the quality table; the context mode (grouped or checkerboard) is drawn per step. The state file
@@ -11,7 +11,7 @@ holds the network, the auxiliary model, both optimisers and every random generat
 resumes bit-for-bit. SIGTERM/SIGINT end the run cleanly after the current step with a state
 file written.
 
-Under torchrun (see cca_codec.distributed) --batch is the global batch, split evenly over the
+Under torchrun (see cca_codec.training.distributed) --batch is the global batch, split evenly over the
 processes, which draw it together: N processes train as one process with the same --batch does,
 a run resumes under any number of processes that divides --batch, and rank 0 alone writes the
 state, the log and the export.
@@ -32,16 +32,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
+from cca_codec.base.errors import UsageError
+from cca_codec.core.checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
+from cca_codec.core.precision import FAST, PRECISIONS, resolve_precision
+from cca_codec.nn.aux import AuxEntropyModel
+from cca_codec.nn.config import ModelConfig, get_config
+from cca_codec.nn.loss import CCA_VARIANTS, CCALoss, LossTerms
+from cca_codec.nn.model import CCAModel
+from cca_codec.nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
+
 from .data import CropSampler, load_split
 from .distributed import World, launch, resolve_device
-from .errors import UsageError
-from .nn.aux import AuxEntropyModel
-from .nn.config import ModelConfig, get_config
-from .nn.loss import CCA_VARIANTS, CCALoss, LossTerms
-from .nn.model import CCAModel
-from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
-from .precision import FAST, PRECISIONS, resolve_precision
 
 STATE_FILE = "state.pt"
 HIGH_RATE_QUALITIES = 3
@@ -179,7 +180,7 @@ class Objective(nn.Module):
 
 class Trainer:
     """Holds everything a training run needs; `state_dict` covers all of it. With a distributed
-    `world`, this is one rank's replica (see cca_codec.distributed)."""
+    `world`, this is one rank's replica (see cca_codec.training.distributed)."""
 
     def __init__(self, o: TrainOptions, world: World | None = None, resume_from: dict | None = None) -> None:
         """A new run from `o.init`'s weights or a fresh `o.config` network; with `resume_from` (a
@@ -490,7 +491,7 @@ def _train(trainer: Trainer, max_steps: int | None) -> None:
             signal.signal(s, h)
 
 
-def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.train") -> TrainOptions:
+def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.training.train") -> TrainOptions:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainOptions(data="", out="")
     for name, value in vars(defaults).items():
@@ -517,7 +518,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
     return TrainOptions(**vars(p.parse_args(argv)))
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.train") -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.training.train") -> None:
     run(parse_args(argv, prog))
 
 

@@ -1,6 +1,6 @@
 """Extend the quality table of a trained network above its top quality.
 
-    python -m cca_codec.extend models/cca-compact /tmp/q10 --top 10 [--model-id ID]
+    python -m cca_codec.modeltools.extend models/cca-compact /tmp/q10 --top 10 [--model-id ID]
 
 A quality is an operating point of the loss (`nn.quality.QualityPoint`) plus four gain vectors
 (`nn.model.QualityGains`: y, y's inverse, z, z's inverse, stored as logarithms). A new quality
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .nn.model import CCAModel
-from .nn.quality import QualityPoint
+from cca_codec.nn.model import CCAModel
+from cca_codec.nn.quality import QualityPoint
 
 GAIN_TABLES = ("log_y", "log_y_inv", "log_z", "log_z_inv")
 
@@ -71,10 +71,10 @@ def extend_gains(net: CCAModel, top: int) -> CCAModel:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from .checkpoint import load_model
-    from .train import export_weights
+    from cca_codec.core.checkpoint import load_model
+    from cca_codec.training.train import export_weights
 
-    p = argparse.ArgumentParser(prog="python -m cca_codec.extend", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m cca_codec.modeltools.extend", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model id or directory to extend")
     p.add_argument("out", type=Path, help="model directory to write")
     p.add_argument("--top", type=int, required=True, help="the new top quality (above the model's)")

@@ -28,17 +28,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import (
+from cca_codec.base.errors import InputError, ModelError, UsageError
+from cca_codec.core.checkpoint import (
     DEFAULT_QUALITY,
     PER_QUALITY_GAIN_ROWS,
     prepare_tables,
     save_per_quality_model_dir,
     writable_model_root,
 )
-from .errors import InputError, ModelError, UsageError
-from .nn.config import ModelConfig, get_config
-from .nn.model import CCAModel
-from .nn.quality import DEFAULT_QUALITIES, QualityPoint
+from cca_codec.nn.config import ModelConfig, get_config
+from cca_codec.nn.model import CCAModel
+from cca_codec.nn.quality import DEFAULT_QUALITIES, QualityPoint
 
 OFFICIAL_REPOSITORY = "LabShuHangGU/CCA"
 OFFICIAL_URL = f"https://github.com/{OFFICIAL_REPOSITORY}"

@@ -30,12 +30,12 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .errors import InputError, ModelError, UsageError
-from .fileio import atomic_write
-from .nn.blocks import weights_loaded_later
-from .nn.config import ModelConfig, get_config
-from .nn.model import CCAModel
-from .nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
+from cca_codec.base.errors import InputError, ModelError, UsageError
+from cca_codec.base.fileio import atomic_write
+from cca_codec.nn.blocks import weights_loaded_later
+from cca_codec.nn.config import ModelConfig, get_config
+from cca_codec.nn.model import CCAModel
+from cca_codec.nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
 
 DEFAULT_MODEL_ID = "cca-compact"
 MODEL_FORMAT = "ccacodec-model"
@@ -294,7 +294,7 @@ def model_search_path() -> list[Path]:
     """Where model ids are looked up, in order: $CCACODEC_MODELS (os.pathsep-separated), the
     source checkout's `models/`, and the installed `share/ccacodec/models`."""
     paths = [Path(p) for p in os.environ.get("CCACODEC_MODELS", "").split(os.pathsep) if p]
-    paths.append(Path(__file__).resolve().parent.parent / "models")
+    paths.append(Path(__file__).resolve().parents[2] / "models")
     paths.append(Path(sys.prefix) / "share" / "ccacodec" / "models")
     return paths
 

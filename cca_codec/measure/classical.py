@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
-from .errors import UsageError
+from cca_codec.base.errors import UsageError
 
 TOOL_TIMEOUT_S = 600
 """Longest a command-line encoder or decoder may run on one image, in seconds."""

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cca_codec.errors import InputError
-from cca_codec.fileio import STDOUT, read_file, write_output
+from cca_codec.base.errors import InputError
+from cca_codec.base.fileio import STDOUT, read_file, write_output
 
 COLOR_MODES = ("rgb", "gray")
 """Values of ``color_mode``: ``"gray"`` means the image is restored as one channel."""

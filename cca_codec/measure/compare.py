@@ -3,7 +3,7 @@
     ccacodec compare photo.png --out report/ [--quality Q | --bpp B | --size BYTES] [--codecs jpeg,webp,avif,jxl]
 
 For each image, ccacodec codes it first (at a quality, or by rate control at a bpp or file size);
-then every compared codec (:mod:`cca_codec.classical`) is coded at the setting whose file comes
+then every compared codec (:mod:`cca_codec.measure.classical`) is coded at the setting whose file comes
 closest to ccacodec's bytes, found by bisection over the codec's setting range on real encodings
 (``SIZE_TOLERANCE``: a match further off than that is reported with the reason, e.g. the codec's
 smallest file is larger). Each file is decoded by its own decoder and measured as ``ccacodec eval``
@@ -12,7 +12,7 @@ and the wall seconds of one encode and one decode at the chosen setting.
 
 The report folder holds, per image, the original, every coded file and its decoding as PNG, crops of
 the regions where the codecs differ most (:func:`differing_regions`), and ``index.html``
-(:mod:`cca_codec.report`), which opens offline. It is built in a temporary sibling folder and moved
+(:mod:`cca_codec.measure.report`), which opens offline. It is built in a temporary sibling folder and moved
 into place at the end, so an interrupted run leaves no half report.
 
     records = compare_images([Path("photo.png")], Path("report"), load_model(), classical.resolve(["jpeg", "webp"]))
@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cca_codec.base.errors import InputError, UsageError
+from cca_codec.core.checkpoint import LoadedModel
+from cca_codec.core.codec import decode_image, default_context, encode_image
+from cca_codec.core.ratecontrol import Target, encode_to_target
+from cca_codec.image.io import SourceImage, load_image
+from cca_codec.image.metrics import bits_per_pixel, fidelity
+
 from . import classical
-from .checkpoint import LoadedModel
-from .codec import decode_image, default_context, encode_image
 from .evaluate import output_rgb
-from .errors import InputError, UsageError
-from .imageio import SourceImage, load_image
-from .metrics import bits_per_pixel, fidelity
-from .ratecontrol import Target, encode_to_target
 from .report import write_compare_page
 
 SIZE_TOLERANCE = 0.03

@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun: DistributedDataParallel, NCCL on GPUs, gloo on CPUs.
 
-    torchrun --nproc-per-node 8 -m cca_codec.train --data data_pack --out runs/r1 --batch 64 ...
+    torchrun --nproc-per-node 8 -m cca_codec.training.train --data data_pack --out runs/r1 --batch 64 ...
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Without them (or with
 WORLD_SIZE=1) training is one plain process and every method here is a no-op.
@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UsageError
+from cca_codec.base.errors import UsageError
 
 
 def resolve_device(option: str, local_rank: int | None = None) -> torch.device:

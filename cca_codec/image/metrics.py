@@ -1,6 +1,6 @@
 """Image quality and rate measures, as the evaluation protocol defines them.
 
-    python -m cca_codec.metrics ORIGINAL DECODED [--cca FILE]
+    python -m cca_codec.image.metrics ORIGINAL DECODED [--cca FILE]
 
 PSNR is computed on 8-bit RGB with MAX = 255; bpp = 8 * file bytes / (W * H) of the original;
 MS-SSIM on RGB with data range 255 (pytorch_msssim, of the optional "eval" extra).
@@ -236,7 +236,7 @@ def _rgb(path: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cca_codec.metrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m cca_codec.image.metrics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("original")
     p.add_argument("decoded")
     p.add_argument("--cca", help="the compressed file, for bpp")

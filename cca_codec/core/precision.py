@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .errors import UsageError
+from cca_codec.base.errors import UsageError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 FAST, EXACT = "bf16", "fp32"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imageio import IMAGE_SUFFIXES
+from cca_codec.image.io import IMAGE_SUFFIXES
 
 PACK_CROP = 288
 PACK_JPEG_QUALITY = 88
@@ -166,10 +166,10 @@ def _short_side(text: str) -> tuple[float, float] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m cca_codec.data SOURCE_DIR PACK_DIR: build a training pack."""
+    """python -m cca_codec.training.data SOURCE_DIR PACK_DIR: build a training pack."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m cca_codec.data", description="Build a training pack from a folder of photographs.")
+    p = argparse.ArgumentParser(prog="python -m cca_codec.training.data", description="Build a training pack from a folder of photographs.")
     p.add_argument("source")
     p.add_argument("out")
     p.add_argument("--crop", type=int, default=PACK_CROP)

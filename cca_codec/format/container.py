@@ -11,7 +11,7 @@ unknown one is skipped).
 
 This module is pure Python and stdlib only.  :func:`read_container` and
 :func:`read_header` treat their input as hostile: every problem is reported as a
-:class:`~cca_codec.errors.FormatError` with a one-line message, never as a stray
+:class:`~cca_codec.base.errors.FormatError` with a one-line message, never as a stray
 ``struct.error``/``zlib.error``/``IndexError``.  :func:`write_container` applies the
 same rules to what it is given and raises ``ValueError`` for a container that could
 not be read back.
@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, Union
 
-from .errors import FormatError
+from cca_codec.base.errors import FormatError
 
 __all__ = [
     "FORMAT_VERSION",

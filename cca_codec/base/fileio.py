@@ -2,7 +2,7 @@
 
 Data goes to a hidden temporary file (``.<name>.<random>.part``) in the destination's
 directory, is flushed and fsync'ed, and only then moved onto the destination in one step.
-Every ``OSError`` is reported as :class:`~cca_codec.errors.InputError` with a one-line
+Every ``OSError`` is reported as :class:`~cca_codec.base.errors.InputError` with a one-line
 message naming the destination.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from cca_codec.errors import InputError
+from cca_codec.base.errors import InputError
 
 STDOUT = "-"
 """The path that means "standard output" to :func:`write_output`."""

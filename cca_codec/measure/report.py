@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .fileio import atomic_write
+from cca_codec import __version__
+from cca_codec.base.fileio import atomic_write
 
 if TYPE_CHECKING:  # compare builds on this module; the records are only read here
     from .compare import ImageReport, Region, Version
@@ -91,7 +91,7 @@ def _e(text: object) -> str:
 
 
 def write_compare_page(reports: Sequence[ImageReport], folder: Path) -> Path:
-    """Write ``folder/index.html`` for the :class:`cca_codec.compare.ImageReport` records; returns its path."""
+    """Write ``folder/index.html`` for the :class:`cca_codec.measure.compare.ImageReport` records; returns its path."""
     sections = [_image_section(report, index) for index, report in enumerate(reports)]
     names = ", ".join(_e(Path(r.image).name) for r in reports)
     intro = (

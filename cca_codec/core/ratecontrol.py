@@ -22,7 +22,7 @@ the probe closest to the target); or at an end of the range that still misses th
 close to linear in quality. Every probe keeps its file: no quality is encoded twice for an
 image, and the chosen file is the probe's own bytes.
 
-At an encoder effort above 1 every probe refines the latents (cca_codec.refine: tens of seconds
+At an encoder effort above 1 every probe refines the latents (cca_codec.core.refine: tens of seconds
 where effort 1 takes one), so a *pilot* search at effort 1 first finds the quality for the target,
 and the search at the effort starts from there with the slope the pilot measured. Refinement moves
 a file's rate and PSNR a little at a given quality, so that first refined probe usually meets the
@@ -39,11 +39,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cca_codec.base.errors import UsageError
+from cca_codec.image.io import SourceImage
+from cca_codec.image.metrics import bits_per_pixel, psnr
+
 from .checkpoint import LoadedModel
 from .codec import decode_image, encode_image
-from .errors import UsageError
-from .imageio import SourceImage
-from .metrics import bits_per_pixel, psnr
 from .refine import effort_schedule
 
 TARGET_KINDS = ("bpp", "psnr", "size")
@@ -258,7 +259,7 @@ def encode_to_target(
     """Encode ``image`` at the quality that meets ``target`` (see the module's description).
 
     ``context``, ``device``, ``tile``, ``precision``, ``effort`` and ``progress`` are passed to
-    :func:`cca_codec.codec.encode_image` (and the device and precision to the decoder, for PSNR targets):
+    :func:`cca_codec.core.codec.encode_image` (and the device and precision to the decoder, for PSNR targets):
     every probe is a real encoding, the chosen one at ``effort``. Above effort 1 a pilot search at
     effort 1 comes first unless ``pilot`` is False (then every probe is at ``effort``, from the
     default quality). A target out of the model's reach is not an error: the result is the nearest

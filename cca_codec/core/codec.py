@@ -1,7 +1,7 @@
 """Encoding and decoding images: the network driven step by step, with real range coding.
 
 Numeric policy: the analysis and synthesis transforms run in float32, or in bf16 where the CPU
-computes it natively (cca_codec.precision); the entropy-parameter path (hyper-synthesis, slice networks, checkerboard context, LRP, gains on z)
+computes it natively (cca_codec.core.precision); the entropy-parameter path (hyper-synthesis, slice networks, checkerboard context, LRP, gains on z)
 runs in float64, and table indices are chosen in float64, so an encoder and a decoder on
 different devices or thread counts pick the same tables (see docs/FORMAT.md).
 
@@ -19,18 +19,38 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cca_codec.base.errors import FormatError, ModelError, UsageError
+from cca_codec.base.timing import (
+    CONTAINER_READ,
+    CONTAINER_WRITE,
+    G_A,
+    G_S,
+    HYPERPRIOR,
+    NO_TIMER,
+    RANGE_CODING,
+    REFINE,
+    StageTimer,
+    entropy_step,
+)
+from cca_codec.entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
+from cca_codec.entropy.tables import CDFTables, ScaleTable
+from cca_codec.format.container import (
+    CONTEXT_MODES,
+    DEFAULT_MAX_PIXELS,
+    Container,
+    Header,
+    TilePayload,
+    read_container,
+    write_container,
+)
+from cca_codec.format.tiling import BlendAssembler, TileLayout, choose_layout
+from cca_codec.image.io import DecodedImage, SourceImage
+from cca_codec.nn.context import Folds, anchor_mask
+from cca_codec.nn.model import CCAModel
+
 from .checkpoint import LoadedModel, QualityNetwork, earlier_weights, load_model
-from .container import CONTEXT_MODES, DEFAULT_MAX_PIXELS, Container, Header, TilePayload, read_container, write_container
-from .entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
-from .entropy.tables import CDFTables, ScaleTable
-from .errors import FormatError, ModelError, UsageError
-from .imageio import DecodedImage, SourceImage
-from .nn.context import Folds, anchor_mask
-from .nn.model import CCAModel
 from .precision import layout_transforms, resolve_precision, transform_context, transform_input
 from .refine import Schedule, TableRate, effort_schedule, refine_latents
-from .timing import CONTAINER_READ, CONTAINER_WRITE, G_A, G_S, HYPERPRIOR, NO_TIMER, RANGE_CODING, REFINE, StageTimer, entropy_step
-from .tiling import BlendAssembler, TileLayout, choose_layout
 
 ENTROPY_DTYPE = torch.float64
 
@@ -173,7 +193,7 @@ def _z_symbols_layout(z_shape: torch.Size) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Refinement:
-    """Latent refinement for an effort above 1 (cca_codec.refine): its schedule, the quality's lambda,
+    """Latent refinement for an effort above 1 (cca_codec.core.refine): its schedule, the quality's lambda,
     and the weight of each pixel of the padded tile in the image, (1, 1, H, W) (see refine_latents)."""
 
     schedule: Schedule
@@ -305,13 +325,13 @@ def encode_image(
     """Compress an image into `.cca` bytes.
 
     `effort` (1..9): 1 codes g_a's latents; higher efforts optimize them for the image first
-    (cca_codec.refine), slower but smaller for the same quality; any effort decodes with the same
+    (cca_codec.core.refine), slower but smaller for the same quality; any effort decodes with the same
     decoder. `progress(done, total)` is called after each refinement step, counted over all tiles.
     `tile`: core tile size in pixels (a multiple of 64), 0 for one tile, None to tile images
     over `tiling.AUTO_TILE_PIXELS` automatically. Tiles are coded one at a time, each over its
-    core plus an overlap (see cca_codec.tiling), so memory is bounded by the tile size.
-    `precision`: how g_a runs (cca_codec.precision: auto, bf16 or fp32).
-    `timer` gets the coding stages and container write (see cca_codec.timing).
+    core plus an overlap (see cca_codec.format.tiling), so memory is bounded by the tile size.
+    `precision`: how g_a runs (cca_codec.core.precision: auto, bf16 or fp32).
+    `timer` gets the coding stages and container write (see cca_codec.base.timing).
     """
     q = model.check_quality(model.default_quality if quality is None else quality)
     chosen = model.at_quality(q)
@@ -390,9 +410,9 @@ def decode_image(
     timer: StageTimer = NO_TIMER,
 ) -> DecodedImage:
     """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded.
-    `timer` gets container read and the decoding stages (see cca_codec.timing).
+    `timer` gets container read and the decoding stages (see cca_codec.base.timing).
 
-    `precision`: how g_s runs (cca_codec.precision: auto, bf16 or fp32).
+    `precision`: how g_s runs (cca_codec.core.precision: auto, bf16 or fp32).
     `max_pixels` bounds width * height (checked from the header before anything is allocated).
     Tiles are decoded one at a time and blended into a uint8 image.
     """

@@ -17,7 +17,7 @@ z - median and y - mu and codes them as always, so the file, the decoder and its
 unchanged.
 
 Pixels count as much as they count in the decoded image: the squared errors are weighted by the
-tile's blending weights (cca_codec.tiling; 1 inside its core, ramping across the bands a
+tile's blending weights (cca_codec.format.tiling; 1 inside its core, ramping across the bands a
 neighbouring tile codes too) and by 0 on the padding up to the network's alignment, and R and the
 MSE are per pixel of that total weight.
 """
@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .entropy.tables import CDFTables
-from .errors import UsageError
-from .nn.context import LIKELIHOOD_FLOOR, bits
-from .nn.model import SCALE_MIN, CCAModel
+from cca_codec.base.errors import UsageError
+from cca_codec.entropy.tables import CDFTables
+from cca_codec.nn.context import LIKELIHOOD_FLOOR, bits
+from cca_codec.nn.model import SCALE_MIN, CCAModel
+
 from .precision import transform_context, transform_input
 
 
@@ -166,7 +167,7 @@ def refine_latents(
             z: h_a's output (1, Z, H/64, W/64), gains applied, not rounded.
         g_y_inv, g_z_inv: the quality's inverse gains; z_rate: the bits of z's symbols;
             lam: the quality's rate-distortion lambda.
-        precision: how g_s runs (cca_codec.precision); the entropy model runs in float32 here, a
+        precision: how g_s runs (cca_codec.core.precision); the entropy model runs in float32 here, a
             copy of the network's, since only the final y and z, coded as always, must be exact.
         progress: called after each step with the step's index.
         seed: the SGA noise's seed: the same inputs give the same y and z on the same machine.

@@ -1,6 +1,6 @@
 """Widen the transform stages of a trained network without changing what it computes.
 
-    python -m cca_codec.widen models/cca-compact /tmp/wide --factor 2 --stages 0,1 [--model-id ID]
+    python -m cca_codec.modeltools.widen models/cca-compact /tmp/wide --factor 2 --stages 0,1 [--model-id ID]
 
 Capacity where the reconstruction ceiling is made (g_a's and g_s's stages at H/2 and H/4) can be
 added to a trained network instead of training a wider one from scratch (Net2WiderNet, Chen et al.
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .nn.blocks import NAFBlock, ResidualBottleneckBlock
-from .nn.model import CCAModel
+from cca_codec.nn.blocks import NAFBlock, ResidualBottleneckBlock
+from cca_codec.nn.model import CCAModel
 
 WIDENABLE_STAGES = (0, 1)
 
@@ -157,10 +157,10 @@ def widen(net: CCAModel, factor: int, stages: Sequence[int] = WIDENABLE_STAGES, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from .checkpoint import load_model
-    from .train import export_weights
+    from cca_codec.core.checkpoint import load_model
+    from cca_codec.training.train import export_weights
 
-    p = argparse.ArgumentParser(prog="python -m cca_codec.widen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m cca_codec.modeltools.widen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model id or directory to widen")
     p.add_argument("out", type=Path, help="model directory to write")
     p.add_argument("--factor", type=int, default=2)

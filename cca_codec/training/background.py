@@ -1,10 +1,10 @@
 """The background training run: started in every working stint, resumed where the last one stopped.
 
-    python -m cca_codec.background start      # resume (or warm-start from the shipped weights), lowest priority
-    python -m cca_codec.background status     # steps, steps/s, CPU minutes, last loss  [--json]
-    python -m cca_codec.background stop       # SIGTERM: the trainer saves its state and exits
-    python -m cca_codec.background pause      # SIGSTOP, for a clean timing in the foreground; `resume` goes on
-    python -m cca_codec.background finish     # stop, export the EMA weights, Kodak check, TRAINING.md row
+    python -m cca_codec.training.background start      # resume (or warm-start from the shipped weights), lowest priority
+    python -m cca_codec.training.background status     # steps, steps/s, CPU minutes, last loss  [--json]
+    python -m cca_codec.training.background stop       # SIGTERM: the trainer saves its state and exits
+    python -m cca_codec.training.background pause      # SIGSTOP, for a clean timing in the foreground; `resume` goes on
+    python -m cca_codec.training.background finish     # stop, export the EMA weights, Kodak check, TRAINING.md row
                                               # [--install: copy into models/<id> when Kodak BD-rate improved]
 
 (also `ccacodec train-bg ...`). A run lives in a state directory outside the work tree,
@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .fileio import atomic_write
-from .runtime import SPIN_COUNT
+from cca_codec.base.fileio import atomic_write
+from cca_codec.base.runtime import SPIN_COUNT
 
 DEFAULT_RUN = "cca-compact"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "train"
 DEFAULT_KODAK = REPO.parent / "shared" / "data" / "kodak"
 ANCHORS = REPO.parent / "shared" / "anchors"
@@ -98,7 +98,7 @@ class Run:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             cmdline = b""
-        if b"cca_codec.train" not in cmdline:
+        if b"cca_codec.training.train" not in cmdline:
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -239,7 +239,7 @@ def start(
         run.directory.rename(archive)
         print(f"archived the previous run as {archive}", file=sys.stderr)
     run.directory.mkdir(parents=True, exist_ok=True)
-    # the recipe is the trainer's defaults (cca_codec.train.TrainOptions) plus the flags given after
+    # the recipe is the trainer's defaults (cca_codec.training.train.TrainOptions) plus the flags given after
     # `start --`, which the run keeps until the next `start -- FLAGS`
     if extra or not run.recipe.exists():
         recipe = extra
@@ -247,9 +247,9 @@ def start(
         recipe = json.loads(run.recipe.read_text())["args"]
     atomic_write(run.recipe, (json.dumps({"args": recipe}, indent=2) + "\n").encode())
     pack = ensure_pack(data, source)
-    from .checkpoint import resolve_model_dir
+    from cca_codec.core.checkpoint import resolve_model_dir
 
-    args = [sys.executable, "-m", "cca_codec.train", "--data", str(pack), "--out", str(run.directory)]
+    args = [sys.executable, "-m", "cca_codec.training.train", "--data", str(pack), "--out", str(run.directory)]
     if run.state.exists():
         args += ["--resume", str(run.state)]
     elif not fresh:
@@ -272,7 +272,7 @@ def start(
     if yield_cpu:
         with open(run.output, "ab") as out:
             subprocess.Popen(
-                [sys.executable, "-m", "cca_codec.background", "--run", run.directory.name, "_watch", str(proc.pid)],
+                [sys.executable, "-m", "cca_codec.training.background", "--run", run.directory.name, "_watch", str(proc.pid)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=trainer_environment(1), start_new_session=True,
             )
     return proc.pid
@@ -281,7 +281,7 @@ def start(
 def write_lineage(run: Run, init_dir: Path) -> None:
     """Record what the warm-start weights already had behind them (`lineage.json`: steps, machine
     CPU minutes and GPU minutes from their model.json), so stint totals count the model's whole training."""
-    from .checkpoint import training_totals
+    from cca_codec.core.checkpoint import training_totals
 
     info = json.loads((init_dir / "model.json").read_text()).get("info", {})
     steps, cpu_minutes = training_totals(info)
@@ -421,7 +421,7 @@ def stint_summary(recs: list[dict], since_step: int, threads: int, end: dict | N
 
 def kodak_check(model_dir: Path, kodak: Path, out: Path, limit: int | None = None) -> Path:
     """Kodak, every quality, checkerboard, through the real codec (`ccacodec eval`); returns the curve file."""
-    args = [sys.executable, "-m", "cca_codec.evaluate", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
+    args = [sys.executable, "-m", "cca_codec.measure.evaluate", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
             "--out", str(out), "--no-progress"]
     if limit:
         args += ["--limit", str(limit)]
@@ -431,7 +431,7 @@ def kodak_check(model_dir: Path, kodak: Path, out: Path, limit: int | None = Non
 
 def bd_rates(curve: Path, references: dict[str, Path]) -> dict[str, float | None]:
     """BD-rate (%) of `curve` against each named reference curve file (None where they do not overlap)."""
-    from .bdrate import load_curve
+    from cca_codec.measure.bdrate import load_curve
 
     _, bpp, psnr = load_curve(curve)
     return bd_rates_of(bpp, psnr, {name: load_curve(path)[1:] for name, path in references.items()})
@@ -440,7 +440,7 @@ def bd_rates(curve: Path, references: dict[str, Path]) -> dict[str, float | None
 def bd_rates_of(bpp: list[float], psnr: list[float], references: dict[str, tuple[list[float], list[float]]]) -> dict[str, float | None]:
     """BD-rate (%) of the curve (bpp, psnr) against each named reference (bpp, psnr) curve, rounded
     to 0.01 (None where they do not overlap)."""
-    from .bdrate import bd_rate
+    from cca_codec.measure.bdrate import bd_rate
 
     out: dict[str, float | None] = {}
     for name, (rb, rp) in references.items():
@@ -456,11 +456,11 @@ def append_stint_row(training_md: Path, row: dict) -> None:
     text = training_md.read_text() if training_md.exists() else f"# {training_md.parent.name}: training log\n"
     header = (
         f"\n{STINTS_HEADING}\n\n"
-        "One row per stint of the background run (`python -m cca_codec.background finish`). CPU minutes are minutes of\n"
+        "One row per stint of the background run (`python -m cca_codec.training.background finish`). CPU minutes are minutes of\n"
         "the whole 2-core machine (process CPU time / threads); Kodak: all 24 images, checkerboard, bpp from file sizes,\n"
         "PSNR-RGB per image then averaged; BD-rates in %, negative = fewer bits. \"vs shipped\" compares with the\n"
         "weights committed at the time. Ceiling: PSNR-RGB of g_s(g_a(x)) without quantisation at the top quality\n"
-        "(`python -m cca_codec.ceiling`), the most any rate can buy; top step: the PSNR the top quality buys over the one\n"
+        "(`python -m cca_codec.measure.ceiling`), the most any rate can buy; top step: the PSNR the top quality buys over the one\n"
         "below it. The Kodak column ends with the top quality where the table goes above 8.\n\n"
         "| date | steps (total) | CPU min (total) | wall min | recipe | train loss / bpp / PSNR | Kodak q1 / q4 / q8 (/ top) bpp @ dB | "
         "ceiling dB | top step dB | vs JPEG | vs VTM | vs BPG | vs shipped | committed |\n"
@@ -560,24 +560,24 @@ def cpu_description(cpuinfo: str | None = None) -> str:
 
 def top_step_gain(curve: Path) -> float | None:
     """PSNR (dB) the top quality buys over the one below it on a curve (None for a single point)."""
-    from .bdrate import load_curve
+    from cca_codec.measure.bdrate import load_curve
 
     _, _, psnr = load_curve(curve)
     return round(psnr[-1] - psnr[-2], 3) if len(psnr) > 1 else None
 
 
 def kodak_ceiling(model_dir: Path, kodak: Path, limit: int | None = None) -> float:
-    """The reconstruction ceiling (`cca_codec.ceiling`) at the model's top quality over the Kodak images."""
-    from .ceiling import autoencoder_ceiling
-    from .checkpoint import load_model
-    from .evaluate import find_images
+    """The reconstruction ceiling (`cca_codec.measure.ceiling`) at the model's top quality over the Kodak images."""
+    from cca_codec.core.checkpoint import load_model
+    from cca_codec.measure.ceiling import autoencoder_ceiling
+    from cca_codec.measure.evaluate import find_images
 
     return round(autoencoder_ceiling(load_model(model_dir), find_images(kodak, limit)), 3)
 
 
 def _kodak_points(curve: Path) -> str:
     """'bpp @ dB' at qualities 1, 4 and 8 of a Kodak curve, and at its top quality when that is above 8."""
-    from .bdrate import load_curve
+    from cca_codec.measure.bdrate import load_curve
 
     _, bpp, psnr = load_curve(curve)
     picks = [i for i in (0, 3, 7) if i < len(bpp)] + ([len(bpp) - 1] if len(bpp) > 8 else [])
@@ -593,7 +593,8 @@ def finish(run: Run, *, model_id: str, models_dir: Path, kodak: Path, threads: i
 
     import torch
 
-    from .checkpoint import record_replaced_weights
+    from cca_codec.core.checkpoint import record_replaced_weights
+
     from .train import export_state
 
     stop(run)
@@ -669,7 +670,7 @@ def _stint_marks(run: Run) -> list[int]:
         return []
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.background") -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m cca_codec.training.background") -> None:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=DEFAULT_RUN, help="run name (a folder of $CCACODEC_TRAIN_DIR)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="trainer threads (default: every core)")

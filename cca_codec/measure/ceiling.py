@@ -1,6 +1,6 @@
 """The reconstruction ceiling: how well the transforms alone reproduce an image.
 
-    python -m cca_codec.ceiling DIR [--model ID|DIR] [--quality Q] [--limit N] [--json]
+    python -m cca_codec.measure.ceiling DIR [--model ID|DIR] [--quality Q] [--limit N] [--json]
 
 The ceiling of a model at quality q is the PSNR-RGB of ``g_s(g_a(x) * g_y * g_y_inv)``: the
 analysis and synthesis transforms with that quality's gains and no quantisation at all, in
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, load_model
-from .errors import CodecError
-from .imageio import load_image
-from .metrics import psnr
+from cca_codec.base.errors import CodecError
+from cca_codec.core.checkpoint import LoadedModel, load_model
+from cca_codec.image.io import load_image
+from cca_codec.image.metrics import psnr
 
 
 @torch.no_grad()
@@ -55,7 +55,7 @@ def autoencoder_ceiling(model: LoadedModel, images: Sequence[Path], quality: flo
     return statistics.fmean(values)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.ceiling") -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.ceiling") -> None:
     from .evaluate import find_images
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

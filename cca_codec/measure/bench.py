@@ -7,11 +7,11 @@ IMAGE defaults to the bundled samples/seeding.png; several images, or a folder (
 sorted, as ``ccacodec eval`` reads them), are timed one after another and reported as medians over
 the images. One *run* per CPU thread count (``--threads``)
 and, when a GPU is present (``--device auto|cuda``), one on CUDA, each once per transform
-precision (``--precision``, cca_codec.precision; default auto, the CLI's default). A run does one untimed
+precision (``--precision``, cca_codec.core.precision; default auto, the CLI's default). A run does one untimed
 warm-up round on the first image (moving the network to the device, building the coding
 tables), then ``--repeat`` timed rounds per image of the file-to-file path a user sees:
 
-* encode: read and convert the image, the codec's stages (cca_codec.timing), write the ``.cca``;
+* encode: read and convert the image, the codec's stages (cca_codec.base.timing), write the ``.cca``;
 * decode: read the ``.cca``, the codec's stages, write the PNG.
 
 Every stage is the median over the rounds in seconds (CUDA work synchronised at each stage
@@ -22,7 +22,7 @@ set during the run (``VmHWM``, reset before the run where Linux allows, else the
 whole process) and, on CUDA, ``torch.cuda.max_memory_allocated``. Model load time is that of
 ``load_model`` (reading and checking the weights).
 
-The classical codecs (``--compare``, cca_codec.classical) code the same pixels at their
+The classical codecs (``--compare``, cca_codec.measure.classical) code the same pixels at their
 benchmark setting, timed the same way (median of ``--repeat`` after a warm-up, per image, then over the images;
 command-line tools including their process start, with each tool's default threading), and the table
 prints how many times slower ccacodec is in each run. Markdown goes to stdout, progress to
@@ -45,18 +45,28 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, classical
-from .checkpoint import LoadedModel, load_model
-from .codec import decode_image, default_context, encode_image, resolve_device
-from .errors import CodecError, UsageError
-from .evaluate import find_images, output_rgb
-from .fileio import atomic_write, read_file
-from .imageio import DecodedImage, SourceImage, load_image, save_image
-from .metrics import bits_per_pixel, psnr
-from .precision import PRECISIONS, resolve_precision
-from .timing import CONTAINER_READ, CONTAINER_WRITE, IMAGE_READ, IMAGE_WRITE, StageTimer, is_entropy_step, pipeline_order
+from cca_codec import __version__
+from cca_codec.base.errors import CodecError, UsageError
+from cca_codec.base.fileio import atomic_write, read_file
+from cca_codec.base.timing import (
+    CONTAINER_READ,
+    CONTAINER_WRITE,
+    IMAGE_READ,
+    IMAGE_WRITE,
+    StageTimer,
+    is_entropy_step,
+    pipeline_order,
+)
+from cca_codec.core.checkpoint import LoadedModel, load_model
+from cca_codec.core.codec import decode_image, default_context, encode_image, resolve_device
+from cca_codec.core.precision import PRECISIONS, resolve_precision
+from cca_codec.image.io import DecodedImage, SourceImage, load_image, save_image
+from cca_codec.image.metrics import bits_per_pixel, psnr
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"
+from . import classical
+from .evaluate import find_images, output_rgb
+
+DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "samples" / "seeding.png"
 """The bundled sample image (present in a source checkout)."""
 
 DEFAULT_COMPARE = "jpeg,webp,avifpil,cwebp,jxl,avif"
@@ -437,7 +447,7 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.bench") -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.bench") -> None:
     """Command-line entry point; errors become one line on stderr and the error's exit code."""
     args = _parse_args(argv, prog)
     try:

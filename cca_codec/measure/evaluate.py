@@ -1,6 +1,6 @@
 """Rate-distortion evaluation: real `.cca` files, measured as the anchors are.
 
-    python -m cca_codec.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
+    python -m cca_codec.measure.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
         --context grouped,checkerboard --device cpu --limit N --out OUTDIR \\
         --compare jpeg,jpeg420,webp,avif,jxl,heic \\
         --anchor FILE [--anchor FILE ...] [--plot rd.png] [--html report.html]
@@ -13,7 +13,7 @@ and context mode into a `.cca` file, which is read back and decoded. Per image:
 * PSNR-RGB in dB on the 8-bit decoded output (MAX = 255);
 * MS-SSIM on RGB (pytorch_msssim, data range 255); undefined (None) for images under
   161 pixels on a side;
-* SSIMULACRA2 (cca_codec.metrics.ssimulacra2, our NumPy port of libjxl's; 100 = identical,
+* SSIMULACRA2 (cca_codec.image.metrics.ssimulacra2, our NumPy port of libjxl's; 100 = identical,
   about 90 visually lossless, 70 high, 50 medium, 30 low quality); undefined (None) for images
   under 8 pixels on a side; about 0.3 s per 768x512 image on a loaded 2-core CPU;
 * encoding and decoding wall time in seconds (`encode_image` and `decode_image` only).
@@ -23,7 +23,7 @@ bpp averaged over images, PSNR per image then averaged. One JSON file per contex
 is written in CompressAI's results schema, and a markdown table of the averages and one
 of BD-rates against the anchors are printed to stdout.
 
-With --compare, classical codecs (cca_codec.classical) code the same images over their
+With --compare, classical codecs (cca_codec.measure.classical) code the same images over their
 quality sweeps, measured the same way (no payload-only bpp): one more JSON file per codec.
 A codec whose tools are not installed is skipped with a one-line message. BD-rates of our
 curves against every compared codec and every anchor are printed and written to
@@ -47,16 +47,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import __version__
+from cca_codec import __version__
+from cca_codec.base.errors import CodecError, UsageError
+from cca_codec.base.fileio import atomic_write
+from cca_codec.core.checkpoint import LoadedModel, load_model
+from cca_codec.core.codec import decode_image, default_context, encode_image
+from cca_codec.format.container import container_overhead, read_container
+from cca_codec.image.io import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
+from cca_codec.image.metrics import MS_SSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bits_per_pixel, fidelity
+
 from . import classical
 from .bdrate import bd_psnr, bd_rate, load_curve
-from .checkpoint import LoadedModel, load_model
-from .codec import decode_image, default_context, encode_image
-from .container import container_overhead, read_container
-from .errors import CodecError, UsageError
-from .fileio import atomic_write
-from .imageio import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
-from .metrics import MS_SSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bits_per_pixel, fidelity
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -614,7 +615,7 @@ def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.evaluate") -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.evaluate") -> None:
     """Command-line entry point; errors become one line on stderr and the error's exit code."""
     args = _parse_args(argv, prog)
     try:

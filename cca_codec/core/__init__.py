@@ -1,0 +1,1 @@
+"""The codec: model directories, transform precision, encoder-side refinement, encode/decode and rate control."""

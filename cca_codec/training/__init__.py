@@ -1,0 +1,1 @@
+"""Training: data packs, the training loop, data-parallel plumbing, and the background run."""
