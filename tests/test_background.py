@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cca_codec import background as bg
 from cca_codec.core.checkpoint import load_model
 from cca_codec.measure.ceiling import autoencoder_ceiling
+from cca_codec.training import background as bg
 from cca_codec.training.train import autocast_bf16
 
 TINY = ["--config", "cca-tiny", "--batch", "2", "--crop", "64", "--warmup", "2", "--log-every", "1", "--save-minutes", "0.02"]
@@ -234,6 +234,7 @@ def save_and_exit(*_):
         pass
     sys.exit(0)
 signal.signal(signal.SIGTERM, save_and_exit)
+print("ready", flush=True)
 while True:
     pass
 """
@@ -242,7 +243,8 @@ while True:
 def test_stop_ends_a_trainer_while_the_foreground_is_busy(tmp_path):
     """The foreground gets busy while the trainer saves its state after `stop`: the watcher must
     not stop it then (it did, and `stop` waited in vain), and must end with it."""
-    child = subprocess.Popen([sys.executable, "-c", TRAINER_STANDIN, "cca_codec.training.train"])
+    child = subprocess.Popen([sys.executable, "-c", TRAINER_STANDIN, "cca_codec.training.train"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"  # its SIGTERM handler is set (a loaded machine starts Python slowly)
     run = bg.Run(tmp_path)
     run.pid_file.write_text(f"{child.pid}\n")
     watcher = threading.Thread(target=bg.watch, args=(run, child.pid, bg.YieldPolicy(period=0.1)), daemon=True)

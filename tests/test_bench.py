@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from cca_codec import bench, classical
 from cca_codec.base.errors import UsageError
 from cca_codec.base.timing import NO_TIMER, StageTimer, entropy_step
 from cca_codec.core.checkpoint import in_memory_model
 from cca_codec.core.codec import decode_image, encode_image
 from cca_codec.image.io import IMAGE_SUFFIXES, load_image
+from cca_codec.measure import bench, classical
 
 ENCODE_CODEC_STAGES = ["g_a", "hyperprior"]
 DECODE_CODEC_STAGES = ["container read", "hyperprior"]

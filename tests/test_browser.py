@@ -16,10 +16,10 @@ import pytest
 from conftest import write_image
 from PIL import Image
 
-from cca_codec import classical
-from cca_codec import compare as cmp
-from cca_codec import evaluate as ev
 from cca_codec.core.checkpoint import in_memory_model
+from cca_codec.measure import classical
+from cca_codec.measure import compare as cmp
+from cca_codec.measure import evaluate as ev
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,9 +16,10 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from cca_codec import checkpoint, codec, errors
 from cca_codec import cli as cli_module
+from cca_codec.base import errors
 from cca_codec.cli import cli
+from cca_codec.core import checkpoint, codec
 from cca_codec.core.checkpoint import DEFAULT_MODEL_ID, available_models, in_memory_model, save_model_dir
 
 MODEL = "test-tiny"
@@ -247,7 +248,7 @@ def test_threads_option_sets_torch_threads(tmp_path):
 def test_leave_process_flushes_streams_and_runs_atexit_handlers():
     code = (
         "import atexit, sys\n"
-        "from cca_codec import runtime\n"
+        "from cca_codec.base import runtime\n"
         "atexit.register(lambda: sys.stderr.write('atexit ran'))\n"
         "sys.stdout.write('no newline, still buffered')\n"
         "runtime.leave_process(7)\n"
@@ -281,7 +282,7 @@ def test_help_and_version_do_not_need_torch():
 
 def test_passthrough_commands_get_their_arguments_verbatim(monkeypatch):
     """`ccacodec train-bg start -- FLAGS` reaches the argparse side with its `--` (click's parser drops it)."""
-    from cca_codec import background
+    from cca_codec.training import background
 
     seen: list[tuple[list[str], str]] = []
     monkeypatch.setattr(background, "main", lambda argv, prog: seen.append((argv, prog)))

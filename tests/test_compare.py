@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from conftest import write_image
 from PIL import Image
 
-from cca_codec import classical
-from cca_codec import compare as cmp
 from cca_codec.base.errors import InputError, UsageError
 from cca_codec.cli import cli
 from cca_codec.core.checkpoint import in_memory_model
 from cca_codec.core.ratecontrol import Target
+from cca_codec.measure import classical
+from cca_codec.measure import compare as cmp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cca_codec import classical
-from cca_codec import evaluate as ev
 from cca_codec.base.errors import UsageError
 from cca_codec.core.checkpoint import in_memory_model
+from cca_codec.measure import classical
+from cca_codec.measure import evaluate as ev
 
 QUALITIES = [2, 5]
 CONTEXTS = ["grouped", "checkerboard"]

@@ -24,7 +24,7 @@ import pytest
 from conftest import TEST_MODEL_ID, sample_pixels
 from test_cli import ccacodec_process, error_line, run, subprocess_env
 
-from cca_codec import errors
+from cca_codec.base import errors
 from cca_codec.core.codec import decode_image, encode_image
 from cca_codec.format.container import SIGNATURE
 from cca_codec.image.io import SourceImage, encode_png

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from cca_codec import fileio
+from cca_codec.base import fileio
 from cca_codec.base.errors import InputError
 from cca_codec.image.io import DecodedImage, encode_png, load_image, save_image
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cca_codec import metrics
+from cca_codec.image import metrics
 from cca_codec.image.metrics import ssimulacra2
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "seeding.png"

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cca_codec import refine
 from cca_codec.base.errors import UsageError
 from cca_codec.cli import cli
+from cca_codec.core import refine
 from cca_codec.core.checkpoint import load_model
 from cca_codec.core.codec import decode_image, encode_image
 from cca_codec.entropy.tables import CDFTables
