@@ -190,6 +190,32 @@ def save_model_dir(
     return out
 
 
+def export_weights(
+    cfg: ModelConfig, qualities: tuple[QualityPoint, ...], weights: dict[str, torch.Tensor], directory: str | os.PathLike, model_id: str, info: dict
+) -> Path:
+    """Freeze the integer tables of a network with these weights and write it as a model
+    directory (float16 weights): a training run's export, and the models `widen` and `extend` make."""
+    net = CCAModel(cfg, num_qualities=len(qualities))
+    net.load_state_dict({k: v.detach().cpu().contiguous() for k, v in weights.items()}, strict=False)
+    net.eval()
+    prepare_tables(net)
+    model = LoadedModel(model_id, net, qualities, b"", info=info)
+    return save_model_dir(model, directory, dtype=torch.float16, info=info, card=model_card(model_id, net, info))
+
+
+def model_card(model_id: str, net: CCAModel, info: dict) -> str:
+    """MODEL_CARD.md of a trained network: its configuration and size, and the run behind it (`info`)."""
+    cfg = net.cfg
+    return (
+        f"# {model_id}\n\n"
+        f"CCA-loss learned image codec network (Han et al., NeurIPS 2024 design), configuration `{cfg.name}`: "
+        f"{net.inference_parameter_count():,} inference parameters, M={cfg.latent_channels}, slices {cfg.slice_sizes}, "
+        f"checkerboard spatial context: {cfg.spatial_context}.\n\n"
+        f"Training (this run): {info.get('steps', '?')} steps, {info.get('minutes', 0):.1f} wall minutes on {info.get('device', '?')}, "
+        f"CCA variant {info.get('variant', '?')}. See TRAINING.md for data, curves and rate-distortion.\n"
+    )
+
+
 def save_per_quality_model_dir(
     model_id: str,
     networks: Iterable[tuple[QualityPoint, CCAModel]],

@@ -71,8 +71,7 @@ def extend_gains(net: CCAModel, top: int) -> CCAModel:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from cca_codec.core.checkpoint import load_model
-    from cca_codec.training.train import export_weights
+    from cca_codec.core.checkpoint import export_weights, load_model
 
     p = argparse.ArgumentParser(prog="python -m cca_codec.modeltools.extend", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model id or directory to extend")

@@ -157,8 +157,7 @@ def widen(net: CCAModel, factor: int, stages: Sequence[int] = WIDENABLE_STAGES, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from cca_codec.core.checkpoint import load_model
-    from cca_codec.training.train import export_weights
+    from cca_codec.core.checkpoint import export_weights, load_model
 
     p = argparse.ArgumentParser(prog="python -m cca_codec.modeltools.widen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model id or directory to widen")

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from cca_codec.base.errors import UsageError
-from cca_codec.core.checkpoint import LoadedModel, load_model, prepare_tables, save_model_dir
+from cca_codec.core.checkpoint import export_weights, load_model
 from cca_codec.core.precision import FAST, PRECISIONS, resolve_precision
 from cca_codec.nn.aux import AuxEntropyModel
 from cca_codec.nn.config import ModelConfig, get_config
 from cca_codec.nn.loss import CCA_VARIANTS, CCALoss, LossTerms
 from cca_codec.nn.model import CCAModel
-from cca_codec.nn.quality import DEFAULT_QUALITIES, QualityPoint, quality_table_from_dicts
+from cca_codec.nn.quality import DEFAULT_QUALITIES, quality_table_from_dicts
 
 from .data import CropSampler, load_split
 from .distributed import World, launch, resolve_device
@@ -370,19 +370,6 @@ class Trainer:
         return export_weights(self.net.cfg, self.qualities, weights, directory, model_id, info)
 
 
-def export_weights(
-    cfg: ModelConfig, qualities: tuple[QualityPoint, ...], weights: dict[str, torch.Tensor], directory: str | Path, model_id: str, info: dict
-) -> Path:
-    """Freeze the integer tables of a network with these weights and write it as a model
-    directory (float16 weights)."""
-    net = CCAModel(cfg, num_qualities=len(qualities))
-    net.load_state_dict({k: v.detach().cpu().contiguous() for k, v in weights.items()}, strict=False)
-    net.eval()
-    prepare_tables(net)
-    model = LoadedModel(model_id, net, qualities, b"", info=info)
-    return save_model_dir(model, directory, dtype=torch.float16, info=info, card=model_card(model_id, net, info))
-
-
 def run_info(state: dict, device: str) -> dict:
     """What a model directory records about the training behind it (`model.json` "info")."""
     o = state["options"]
@@ -405,18 +392,6 @@ def export_state(state_path: str | Path, directory: str | Path, model_id: str) -
     weights = s["ema"] if s.get("ema") else s["net"]
     info = run_info(s, s.get("device", "cpu"))
     return export_weights(ModelConfig.from_dict(s["config"]), quality_table_from_dicts(s["qualities"]), weights, directory, model_id, info)
-
-
-def model_card(model_id: str, net: CCAModel, info: dict) -> str:
-    cfg = net.cfg
-    return (
-        f"# {model_id}\n\n"
-        f"CCA-loss learned image codec network (Han et al., NeurIPS 2024 design), configuration `{cfg.name}`: "
-        f"{net.inference_parameter_count():,} inference parameters, M={cfg.latent_channels}, slices {cfg.slice_sizes}, "
-        f"checkerboard spatial context: {cfg.spatial_context}.\n\n"
-        f"Training (this run): {info.get('steps', '?')} steps, {info.get('minutes', 0):.1f} wall minutes on {info.get('device', '?')}, "
-        f"CCA variant {info.get('variant', '?')}. See TRAINING.md for data, curves and rate-distortion.\n"
-    )
 
 
 def run(o: TrainOptions, max_steps: int | None = None) -> Trainer:
