@@ -49,6 +49,7 @@ from cca_codec.nn.context import Folds, anchor_mask
 from cca_codec.nn.model import CCAModel
 
 from .checkpoint import LoadedModel, QualityNetwork, earlier_weights, load_model
+from .device import resolve_device
 from .precision import layout_transforms, resolve_precision, transform_context, transform_input
 from .refine import Schedule, TableRate, effort_schedule, refine_latents
 
@@ -74,17 +75,6 @@ class _Coding:
     def z_rate(self) -> TableRate:
         """The bits of z's symbols for latent refinement (built on first use: effort 1 needs none)."""
         return TableRate(self.z_tables, self.device)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a usage error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is available")
-    return torch.device(device)
 
 
 def _prepare(model: LoadedModel, device: torch.device, chosen: QualityNetwork | None = None, precision: str = "auto") -> _Coding:

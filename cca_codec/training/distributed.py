@@ -34,18 +34,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cca_codec.base.errors import UsageError
-
-
-def resolve_device(option: str, local_rank: int | None = None) -> torch.device:
-    """`auto` is the GPU when there is one. Under torchrun each rank takes cuda:LOCAL_RANK."""
-    if option == "auto":
-        option = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(option)
-    if local_rank is not None and device.type == "cuda":
-        if device.index is not None and device.index != local_rank:
-            raise UsageError(f"--device {option}: under torchrun every rank uses cuda:LOCAL_RANK; pass --device cuda")
-        device = torch.device("cuda", local_rank)
-    return device
+from cca_codec.core.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -182,10 +171,10 @@ def launch(device_option: str) -> Iterator[World]:
     process group, and tearing it down afterwards), else a single process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if "RANK" not in os.environ or size == 1:
-        yield World(resolve_device(device_option))
+        yield World(resolve_device(device_option, any_device=True))
         return
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_option, local_rank)
+    device = resolve_device(device_option, local_rank, any_device=True)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)

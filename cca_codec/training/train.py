@@ -34,6 +34,7 @@ from torch import nn
 
 from cca_codec.base.errors import UsageError
 from cca_codec.core.checkpoint import export_weights, load_model
+from cca_codec.core.device import resolve_device
 from cca_codec.core.precision import FAST, PRECISIONS, resolve_precision
 from cca_codec.nn.aux import AuxEntropyModel
 from cca_codec.nn.config import ModelConfig, get_config
@@ -42,7 +43,7 @@ from cca_codec.nn.model import CCAModel
 from cca_codec.nn.quality import DEFAULT_QUALITIES, quality_table_from_dicts
 
 from .data import CropSampler, load_split
-from .distributed import World, launch, resolve_device
+from .distributed import World, launch
 
 STATE_FILE = "state.pt"
 HIGH_RATE_QUALITIES = 3
@@ -187,7 +188,7 @@ class Trainer:
         saved state, loaded by :meth:`load_state_dict` afterwards) the network is built from the
         state's own configuration and quality table instead."""
         self.o = o
-        self.world = world or World(resolve_device(o.device))
+        self.world = world or World(resolve_device(o.device, any_device=True))
         self.device = self.world.device
         self.bf16 = autocast_bf16(o.precision, self.device)
         self.rows = self.world.shard(o.batch)
