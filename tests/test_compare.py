@@ -15,8 +15,10 @@ from cca_codec.base.errors import InputError, UsageError
 from cca_codec.cli import cli
 from cca_codec.core.checkpoint import in_memory_model
 from cca_codec.core.ratecontrol import Target
+from cca_codec.image.difference import differing_regions
 from cca_codec.measure import classical
 from cca_codec.measure import compare as cmp
+from cca_codec.measure.report import ZOOM
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,20 +85,20 @@ def test_regions_are_where_the_decodings_differ():
     a, b = reference.copy(), reference.copy()
     a[70:90, 110:130] = 200  # a's error, bottom right
     b[10:20, 10:20] = 180  # b's error, top left, smaller
-    regions = cmp.differing_regions(reference, [a, b], 2, 40)
+    regions = differing_regions(reference, [a, b], 2, 40)
     (box1, spread1), (box2, spread2) = regions
     assert spread1 > spread2 > 0
     left, top, side = box1
     assert side == 40 and left <= 110 and left + side >= 130 and top <= 70 and top + side >= 90
     left, top, _ = box2
     assert left <= 10 and top <= 10
-    same = cmp.differing_regions(reference, [reference, reference], 1, 40)
+    same = differing_regions(reference, [reference, reference], 1, 40)
     assert len(same) == 1 and same[0][1] == 0.0
 
 
 def test_regions_fit_small_images():
     reference = np.zeros((30, 50, 3), np.uint8)
-    regions = cmp.differing_regions(reference, [reference + 5], 2, 192)
+    regions = differing_regions(reference, [reference + 5], 2, 192)
     for (left, top, side), _ in regions:
         assert side == 30 and 0 <= left <= 20 and top == 0
 
@@ -182,7 +184,7 @@ def test_crops_show_every_version_at_1_1_and_zoomed(report):
             with Image.open(root / "report" / full) as img:
                 assert np.array_equal(np.asarray(img), original[top : top + side, left : left + side])
             with Image.open(root / "report" / zoomed) as img:
-                assert img.size == (side // cmp.ZOOM, side // cmp.ZOOM)
+                assert img.size == (side // ZOOM, side // ZOOM)
 
 
 def test_report_json_is_the_records(report):

@@ -11,7 +11,7 @@ measures: bpp from the file size, PSNR-RGB, MS-SSIM and SSIMULACRA2 against the 
 and the wall seconds of one encode and one decode at the chosen setting.
 
 The report folder holds, per image, the original, every coded file and its decoding as PNG, crops of
-the regions where the codecs differ most (:func:`differing_regions`), and ``index.html``
+the regions where the codecs differ most (:func:`~cca_codec.image.difference.differing_regions`), and ``index.html``
 (:mod:`cca_codec.measure.report`), which opens offline. It is built in a temporary sibling folder and moved
 into place at the end, so an interrupted run leaves no half report.
 
@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,13 @@ from cca_codec.base.errors import InputError, UsageError
 from cca_codec.core.checkpoint import LoadedModel
 from cca_codec.core.codec import decode_image, default_context, encode_image
 from cca_codec.core.ratecontrol import Target, encode_to_target
+from cca_codec.image.difference import differing_regions
 from cca_codec.image.io import SourceImage, load_image
 from cca_codec.image.metrics import bits_per_pixel, fidelity
 
 from . import classical
 from .evaluate import output_rgb
-from .report import write_compare_page
+from .report import ZOOM, ImageReport, Region, Version, write_compare_page
 
 SIZE_TOLERANCE = 0.03
 """A compared codec's file matches ccacodec's when its size is within 3 % of it."""
@@ -54,88 +54,10 @@ REGIONS = 2
 """Crops per image, at the places where the codecs differ most."""
 CROP_SIDE = 192
 """Side of a 1:1 crop in pixels (smaller images: their short side)."""
-ZOOM = 4
-"""The zoomed crop shows the central 1/ZOOM of the 1:1 crop, each pixel ZOOM times."""
 REPORT_FILE = "report.json"
 """The records, beside index.html; its presence marks a folder as a report ``compare`` may replace."""
 OURS = "ccacodec"
 """Name of our own entry among an image's codecs."""
-
-
-@dataclass
-class Version:
-    """One codec's file of one image, decoded and measured.
-
-    Attributes:
-        name: ``ccacodec`` or the classical codec's key (``jpeg``, ``webp`` ...).
-        label: what the codec is, for people (``ccacodec cca-compact``, ``webp-pillow``).
-        setting: the setting used, in the codec's own terms (``quality 4.25``, ``distance 1.3``).
-        bytes: file size on disk; bpp = 8 * bytes / (W * H).
-        psnr: PSNR-RGB in dB on 8-bit RGB; ms_ssim: on RGB, None under 161 px a side;
-        ssimulacra2: SSIMULACRA2 score (100 = identical), None where the image is too small.
-        encode_s, decode_s: wall seconds of one encode and one decode at ``setting``.
-        file: the coded file; decoded: its decoding as PNG (both relative to the report folder).
-        size_error: bytes / ccacodec's bytes - 1 (0 for ccacodec itself).
-        note: why the size match is not within SIZE_TOLERANCE (or how ccacodec's rate was chosen).
-    """
-
-    name: str
-    label: str
-    setting: str
-    bytes: int
-    bpp: float
-    psnr: float
-    ms_ssim: float | None
-    ssimulacra2: float | None
-    encode_s: float
-    decode_s: float
-    file: str
-    decoded: str
-    size_error: float = 0.0
-    note: str | None = None
-
-
-@dataclass
-class Region:
-    """A place where the codecs differ: the 1:1 crop's box (pixels) and each version's crops.
-
-    Attributes:
-        box: (left, top, side) of the 1:1 crop; the zoomed crop is its central side/zoom square.
-        spread: how much the codecs differ there: max minus min over the codecs of the block's MSE.
-        zoom: the zoomed crop's magnification.
-        crops: {version name (``original`` too): (1:1 crop PNG, zoomed crop PNG)}, relative paths.
-    """
-
-    box: tuple[int, int, int]
-    spread: float
-    zoom: int = ZOOM
-    crops: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-
-@dataclass
-class ImageReport:
-    """Everything the report shows of one image.
-
-    Attributes:
-        image: the input path as given; width, height: pixels.
-        folder: the image's folder in the report; original: its 8-bit RGB PNG (relative paths).
-        codecs: ccacodec first, then each compared codec that ran, in the order asked.
-        failures: one line per compared codec that failed on this image.
-        regions: the crops, most differing first.
-    """
-
-    image: str
-    width: int
-    height: int
-    folder: str
-    original: str
-    codecs: list[Version]
-    failures: list[str]
-    regions: list[Region]
-
-    def to_dict(self) -> dict:
-        """The record as ``--json`` prints it (paths relative to the report folder)."""
-        return asdict(self)
 
 
 def compare_images(
@@ -387,42 +309,6 @@ def _measured(
 def _in_report(path: Path, folder: Path) -> str:
     """``path``, a file under an image's ``folder`` of the report, relative to the report folder."""
     return str(path.relative_to(folder.parent))
-
-
-def differing_regions(
-    reference: np.ndarray, decodings: Sequence[np.ndarray], count: int, side: int
-) -> list[tuple[tuple[int, int, int], float]]:
-    """The ``count`` square windows of ``side`` pixels where the decodings' errors differ most.
-
-    Each decoding's squared error against ``reference`` ((H, W, 3) uint8 arrays) is averaged over
-    blocks of ``side``/2 pixels; a block's spread is the max minus the min of that MSE over the
-    decodings (one decoding: its MSE). Windows are centred on the blocks of largest spread, kept
-    inside the image and not overlapping an earlier window.
-
-    Returns:
-        [((left, top, side), spread), ...], largest spread first (fewer when the image is small).
-    """
-    height, width = reference.shape[:2]
-    side = max(1, min(side, height, width))
-    block = max(1, side // 2)
-    rows, cols = max(1, height // block), max(1, width // block)
-    ref = reference.astype(np.float32)
-    maps = []
-    for rgb in decodings:
-        error = ((rgb.astype(np.float32) - ref) ** 2).mean(axis=2)[: rows * block, : cols * block]
-        maps.append(error.reshape(rows, block, cols, block).mean(axis=(1, 3)))
-    stack = np.stack(maps)
-    spread = stack.max(axis=0) - (stack.min(axis=0) if len(maps) > 1 else 0.0)
-    chosen: list[tuple[tuple[int, int, int], float]] = []
-    for flat in np.argsort(spread, axis=None)[::-1]:
-        r, c = divmod(int(flat), cols)
-        left = int(np.clip(c * block + block // 2 - side // 2, 0, width - side))
-        top = int(np.clip(r * block + block // 2 - side // 2, 0, height - side))
-        if all(abs(left - l0) >= side or abs(top - t0) >= side for (l0, t0, _), _ in chosen):
-            chosen.append(((left, top, side), float(spread[r, c])))
-        if len(chosen) == count:
-            break
-    return chosen
 
 
 def _crop_region(

@@ -53,6 +53,7 @@ from cca_codec.base.fileio import atomic_write
 from cca_codec.core.checkpoint import LoadedModel, load_model
 from cca_codec.core.codec import decode_image, default_context, encode_image
 from cca_codec.format.container import container_overhead, read_container
+from cca_codec.image.difference import differing_regions
 from cca_codec.image.io import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
 from cca_codec.image.metrics import MS_SSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bits_per_pixel, fidelity
 
@@ -519,7 +520,6 @@ def write_html_report(
     rate: ours at the middle quality, each compared codec at the setting of its sweep whose bpp on that
     image is closest to ours. The crop is where those decodings differ most.
     """
-    from .compare import differing_regions
     from .report import StripPicture, html_table, write_eval_page
 
     image, name = load_image(image_path), Path(image_path).name

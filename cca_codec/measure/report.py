@@ -6,22 +6,20 @@ page is one file, its plot inline SVG and its images ``data:`` URIs.
 
 The compare page shows, per image, a viewer with two pictures under a slider (any two of the original
 and the decodings, chosen in two menus; the slider moves the split), the table of measures, and the
-crops of the regions where the codecs differ most at 1:1 and at ``ZOOM``x with square pixels.
+crops of the regions where the codecs differ most at 1:1 and at ``ZOOM``x with square pixels. Its
+records (:class:`ImageReport`, with a :class:`Version` per codec and the :class:`Region` crops) are
+defined here and filled by :mod:`cca_codec.measure.compare`.
 """
 from __future__ import annotations
 
 import base64
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cca_codec import __version__
 from cca_codec.base.fileio import atomic_write
-
-if TYPE_CHECKING:  # compare builds on this module; the records are only read here
-    from .compare import ImageReport, Region, Version
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1280px; padding: 0 1em; color: #1b1b1b; }
@@ -89,9 +87,88 @@ def _e(text: object) -> str:
 
 # ------------------------------------------------------------------------------ compare
 
+ZOOM = 4
+"""The zoomed crop shows the central 1/ZOOM of the 1:1 crop, each pixel ZOOM times."""
+
+
+@dataclass
+class Version:
+    """One codec's file of one image, decoded and measured.
+
+    Attributes:
+        name: ``ccacodec`` or the classical codec's key (``jpeg``, ``webp`` ...).
+        label: what the codec is, for people (``ccacodec cca-compact``, ``webp-pillow``).
+        setting: the setting used, in the codec's own terms (``quality 4.25``, ``distance 1.3``).
+        bytes: file size on disk; bpp = 8 * bytes / (W * H).
+        psnr: PSNR-RGB in dB on 8-bit RGB; ms_ssim: on RGB, None under 161 px a side;
+        ssimulacra2: SSIMULACRA2 score (100 = identical), None where the image is too small.
+        encode_s, decode_s: wall seconds of one encode and one decode at ``setting``.
+        file: the coded file; decoded: its decoding as PNG (both relative to the report folder).
+        size_error: bytes / ccacodec's bytes - 1 (0 for ccacodec itself).
+        note: why the size match is not within ``compare.SIZE_TOLERANCE`` (or how ccacodec's rate was chosen).
+    """
+
+    name: str
+    label: str
+    setting: str
+    bytes: int
+    bpp: float
+    psnr: float
+    ms_ssim: float | None
+    ssimulacra2: float | None
+    encode_s: float
+    decode_s: float
+    file: str
+    decoded: str
+    size_error: float = 0.0
+    note: str | None = None
+
+
+@dataclass
+class Region:
+    """A place where the codecs differ: the 1:1 crop's box (pixels) and each version's crops.
+
+    Attributes:
+        box: (left, top, side) of the 1:1 crop; the zoomed crop is its central side/zoom square.
+        spread: how much the codecs differ there: max minus min over the codecs of the block's MSE.
+        zoom: the zoomed crop's magnification.
+        crops: {version name (``original`` too): (1:1 crop PNG, zoomed crop PNG)}, relative paths.
+    """
+
+    box: tuple[int, int, int]
+    spread: float
+    zoom: int = ZOOM
+    crops: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class ImageReport:
+    """Everything the report shows of one image.
+
+    Attributes:
+        image: the input path as given; width, height: pixels.
+        folder: the image's folder in the report; original: its 8-bit RGB PNG (relative paths).
+        codecs: ccacodec first, then each compared codec that ran, in the order asked.
+        failures: one line per compared codec that failed on this image.
+        regions: the crops, most differing first.
+    """
+
+    image: str
+    width: int
+    height: int
+    folder: str
+    original: str
+    codecs: list[Version]
+    failures: list[str]
+    regions: list[Region]
+
+    def to_dict(self) -> dict:
+        """The record as ``--json`` prints it (paths relative to the report folder)."""
+        return asdict(self)
+
 
 def write_compare_page(reports: Sequence[ImageReport], folder: Path) -> Path:
-    """Write ``folder/index.html`` for the :class:`cca_codec.measure.compare.ImageReport` records; returns its path."""
+    """Write ``folder/index.html`` for the :class:`ImageReport` records; returns its path."""
     sections = [_image_section(report, index) for index, report in enumerate(reports)]
     names = ", ".join(_e(Path(r.image).name) for r in reports)
     intro = (
