@@ -12,7 +12,7 @@ from PIL import Image
 
 from cca_codec.base.errors import UsageError
 from cca_codec.core.checkpoint import in_memory_model
-from cca_codec.measure import classical
+from cca_codec.measure import classical, curves
 from cca_codec.measure import evaluate as ev
 
 QUALITIES = [2, 5]
@@ -131,7 +131,7 @@ def test_bd_table_against_synthetic_anchors(run, tmp_path):
         [b * 2 for b in ours["bpp"]] + [ours["bpp"][-1] * 4],
         [ours["psnr-rgb"][0] - 1, ours["psnr-rgb"][1] + 1, ours["psnr-rgb"][1] + 2],
     )
-    rows = ev.bd_table(results, [overlapping])
+    rows = curves.bd_table(results, [overlapping])
     assert [(r["context"], r["anchor"]) for r in rows] == [(ctx, "synthetic") for ctx in CONTEXTS]
     # two qualities are too few points for a Bjontegaard fit: recorded, not raised
     assert rows[0]["bd_rate"] is None and "at least 3" in rows[0]["note"]
@@ -140,11 +140,11 @@ def test_bd_table_against_synthetic_anchors(run, tmp_path):
     four = {"c": {"name": "ours", "results": {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr-rgb": [28.0, 30.0, 32.5, 35.0]}}}
     half = synthetic_anchor(tmp_path / "half.json", [0.2, 0.4, 0.8, 1.6], [28.0, 30.0, 32.5, 35.0], "double")
     far = synthetic_anchor(tmp_path / "far.json", [0.2, 0.4, 0.8, 1.6], [48.0, 50.0, 52.5, 55.0], "far")
-    rows = ev.bd_table(four, [half, far])
+    rows = curves.bd_table(four, [half, far])
     assert rows[0]["bd_rate"] == pytest.approx(-50.0, abs=1e-6) and rows[0]["note"] is None
     assert rows[0]["bd_psnr"] > 0
     assert rows[1]["bd_rate"] is None and "do not overlap in PSNR" in rows[1]["note"]
-    table = ev.markdown_bd_table(rows)
+    table = curves.markdown_bd_table(rows)
     assert "-50.00" in table and "n/a" in table
 
 
@@ -152,7 +152,7 @@ def test_plot_is_a_png(run, tmp_path):
     _, _, results = run
     anchor = synthetic_anchor(tmp_path / "a.json", [0.1, 0.5, 1.0, 3.0], [25.0, 30.0, 34.0, 40.0])
     out = tmp_path / "plots" / "rd.png"
-    ev.plot_rd(results, [anchor], out)
+    curves.plot_rd(results, [anchor], out)
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 100 and img.height > 100
@@ -219,7 +219,7 @@ def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
         assert record["bpp"] == pytest.approx([8 * n / (64 * 80) for n in record["file_bytes"]])
         assert r["psnr-rgb"][-1] > r["psnr-rgb"][0]  # the sweep goes from low to high quality
         assert all(math.isfinite(v) for v in r["ssimulacra2"]) and r["ssimulacra2"][-1] > r["ssimulacra2"][0]
-    bd = json.loads((out / ev.BD_FILE).read_text())
+    bd = json.loads((out / curves.BD_FILE).read_text())
     assert [(row["curve"], row["anchor"], row["anchor_file"]) for row in bd["rows"]] == [
         (ours["name"], "jpeg-444-pillow", None), (ours["name"], "webp-pillow", None)
     ]
