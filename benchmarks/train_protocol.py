@@ -51,7 +51,8 @@ from cca_codec.measure.bdrate import load_curve
 from cca_codec.measure.ceiling import autoencoder_ceiling
 from cca_codec.measure.evaluate import evaluate
 from cca_codec.nn.loss import bits
-from cca_codec.training.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, bd_rates_of, train_root, trainer_environment
+from cca_codec.training.background import ANCHORS, BD_ANCHORS, KODAK_RESULT, train_root, trainer_environment
+from cca_codec.training.stint import bd_rates_of
 
 REPO = Path(__file__).resolve().parents[1]
 KODAK = REPO.parent / "shared" / "data" / "kodak"

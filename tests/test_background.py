@@ -16,6 +16,7 @@ from PIL import Image
 from cca_codec.core.checkpoint import load_model
 from cca_codec.measure.ceiling import autoencoder_ceiling
 from cca_codec.training import background as bg
+from cca_codec.training import stint
 from cca_codec.training.train import autocast_bf16
 
 TINY = ["--config", "cca-tiny", "--batch", "2", "--crop", "64", "--warmup", "2", "--log-every", "1", "--save-minutes", "0.02"]
@@ -108,7 +109,7 @@ def test_start_status_stop_resume_finish(train_dir, tmp_path):
     assert model.info["gpu_minutes"] == 0
     table = (models / "cca-compact" / "TRAINING.md").read_text()
     bf16 = "bf16" if autocast_bf16("auto", torch.device("cpu")) else "fp32"
-    assert bg.STINTS_HEADING in table and f"| b2x64 {bf16} cl constant 1e-4 ema0.998 top3x2 on {bg.cpu_description()} |" in table
+    assert stint.STINTS_HEADING in table and f"| b2x64 {bf16} cl constant 1e-4 ema0.998 top3x2 on {stint.cpu_description()} |" in table
     assert f"| {row['ceiling']:.2f} | {row['top_step_gain']:+.2f} |" in table
 
 
@@ -116,26 +117,26 @@ def test_stint_summary_ends_at_the_saved_state():
     recs = [{"step": n, "minutes": n / 10, "cpu_seconds": 12.0 * n, "loss": 1.0, "bpp": 0.5, "mse_psnr": 30.0,
              "aux_bits_per_element": 2.0} for n in (10, 20, 30, 40)]
     end = {"step": 47, "minutes": 4.7, "cpu_seconds": 564.0}  # stopped 7 steps after the last log record
-    summary = bg.stint_summary(recs, 20, 2, end)
+    summary = stint.stint_summary(recs, 20, 2, end)
     assert (summary["steps"], summary["total_steps"]) == (27, 47)
     assert summary["cpu_minutes"] == round((564.0 - 240.0) / 60 / 2, 1) and summary["wall_minutes"] == 2.7
-    assert bg.stint_summary(recs, 20, 2)["total_steps"] == 40  # without the state: the last record
+    assert stint.stint_summary(recs, 20, 2)["total_steps"] == 40  # without the state: the last record
 
 
 def test_recipe_text_reads_flags_as_the_trainer_does():
     import torch
 
     bf16 = "bf16" if autocast_bf16("auto", torch.device("cpu")) else "fp32"  # the default, as it resolves here
-    assert bg._recipe_text([]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 top3x2"
-    assert bg._recipe_text(["--high-rate-draws", "1"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998"  # a uniform draw
+    assert stint.recipe_text([]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 top3x2"
+    assert stint.recipe_text(["--high-rate-draws", "1"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998"  # a uniform draw
     decay = ["--bf16", "--schedule", "cosine", "--lr", "8e-5", "--decay-by-time", "--max-minutes", "45"]  # --bf16: older runs' flag
-    assert bg._recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998 top3x2"
+    assert stint.recipe_text(decay) == "b4x256 bf16 cl cosine 8e-5>1e-5/45min ema0.998 top3x2"
     by_cpu = ["--bf16", "--schedule", "cosine", "--decay-by-time", "--max-cpu-minutes", "30"]  # a protocol candidate's decay
-    assert bg._recipe_text(by_cpu) == "b4x256 bf16 cl cosine 1e-4>1e-5/30cpumin ema0.998 top3x2"
+    assert stint.recipe_text(by_cpu) == "b4x256 bf16 cl cosine 1e-4>1e-5/30cpumin ema0.998 top3x2"
     old = ["--batch", "8", "--lr", "3e-4", "--lr", "2.5e-4", "--schedule", "cosine", "--lr-final", "3e-6", "--variant", "stop_gradient",
            "--precision", "fp32", "--no-channels-last", "--ema", "0", "--high-rate-draws", "1"]
-    assert bg._recipe_text(old) == "b8x256 fp32 cosine 2.5e-4>3e-6 stop_gradient"
-    assert bg._recipe_text(["--qualities", "1,2,8,8", "--alpha", "0"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 q1,2,8,8 top3x2 alpha0"
+    assert stint.recipe_text(old) == "b8x256 fp32 cosine 2.5e-4>3e-6 stop_gradient"
+    assert stint.recipe_text(["--qualities", "1,2,8,8", "--alpha", "0"]) == f"b4x256 {bf16} cl constant 1e-4 ema0.998 q1,2,8,8 top3x2 alpha0"
 
 
 def test_append_stint_row_keeps_one_table(tmp_path):
@@ -144,18 +145,18 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     row = {"date": "2026-12-01", "steps": 10, "total_steps": 110, "cpu_minutes": 1.5, "total_cpu_minutes": 9.0, "wall_minutes": 3.0,
            "recipe": "b4x256", "loss": 1.0, "bpp": 0.5, "psnr": 28.0, "kodak": "0.3 @ 27", "ceiling": 35.614, "top_step_gain": 0.472,
            "bd": {"jpeg": -3.25, "vtm": None}, "committed": "no"}
-    bg.append_stint_row(md, row)
-    bg.append_stint_row(md, {**row, "steps": 20, "committed": "yes"})
+    stint.append_stint_row(md, row)
+    stint.append_stint_row(md, {**row, "steps": 20, "committed": "yes"})
     text = md.read_text()
-    assert text.count(bg.STINTS_HEADING) == 1
+    assert text.count(stint.STINTS_HEADING) == 1
     rows = [line for line in text.splitlines() if line.startswith("| 2026-12-01")]
     assert len(rows) == 2 and "| -3.2 |" in rows[0] and "| n/a |" in rows[0] and rows[1].endswith("| yes |")
     assert "| 0.3 @ 27 | 35.61 | +0.47 | -3.2 |" in rows[0]
     header = next(line for line in text.splitlines() if line.startswith("| date"))
     assert header.count("|") == rows[0].count("|") and "| ceiling dB | top step dB |" in header
-    bg.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
+    stint.append_stint_row(md, {**row, "date": "2026-12-02", "machine": "AMD EPYC, AVX512-BF16"})
     assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
-    bg.append_stint_row(md, {**row, "date": "2026-12-03", "total_cpu_minutes": 1006.24})
+    stint.append_stint_row(md, {**row, "date": "2026-12-03", "total_cpu_minutes": 1006.24})
     assert "| 1.5 (1,006.2) |" in md.read_text()
 
 
@@ -167,17 +168,17 @@ def test_kodak_points_end_with_the_top_quality_above_8(tmp_path):
                                                              "psnr-rgb": [28.0 + q for q in range(1, n + 1)]}}))
         return path
 
-    assert bg._kodak_points(curve(8)) == "0.100 @ 29.00 / 0.400 @ 32.00 / 0.800 @ 36.00"
-    assert bg._kodak_points(curve(9)) == "0.100 @ 29.00 / 0.400 @ 32.00 / 0.800 @ 36.00 / 0.900 @ 37.00"
+    assert stint.kodak_points(curve(8)) == "0.100 @ 29.00 / 0.400 @ 32.00 / 0.800 @ 36.00"
+    assert stint.kodak_points(curve(9)) == "0.100 @ 29.00 / 0.400 @ 32.00 / 0.800 @ 36.00 / 0.900 @ 37.00"
 
 
 def test_cpu_description_names_the_bf16_instructions():
     intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Platinum 8480+\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
     amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n"
-    assert bg.cpu_description(intel) == "Intel(R) Xeon(R) Platinum 8480+, AMX-BF16"
-    assert bg.cpu_description(amd) == "AMD EPYC, AVX512-BF16"
-    assert bg.cpu_description("model name\t: Old CPU\nflags\t: fpu sse2\n") == "Old CPU"
-    assert bg.cpu_description("")  # some name even without /proc/cpuinfo
+    assert stint.cpu_description(intel) == "Intel(R) Xeon(R) Platinum 8480+, AMX-BF16"
+    assert stint.cpu_description(amd) == "AMD EPYC, AVX512-BF16"
+    assert stint.cpu_description("model name\t: Old CPU\nflags\t: fpu sse2\n") == "Old CPU"
+    assert stint.cpu_description("")  # some name even without /proc/cpuinfo
 
 
 def test_trainer_threads_spin_briefly_before_sleeping():
