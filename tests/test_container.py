@@ -1,4 +1,4 @@
-"""Tests of the .cca container (cca_codec.format.container).
+"""Tests of the .cca container (cca_codec.format.container and .contents).
 
 Hand-built files use ``pack_chdr_raw``/``chunk``, an independent implementation of the
 layout in docs/FORMAT.md that skips validation, so the reader's checks can be reached.
@@ -15,18 +15,8 @@ import zlib
 import pytest
 
 from cca_codec.base.errors import FormatError
-from cca_codec.format.container import (
-    FORMAT_VERSION,
-    SIGNATURE,
-    Container,
-    Header,
-    TilePayload,
-    container_overhead,
-    describe,
-    read_container,
-    read_header,
-    write_container,
-)
+from cca_codec.format.container import SIGNATURE, container_overhead, describe, read_container, read_header, write_container
+from cca_codec.format.contents import FORMAT_VERSION, Container, Header, TilePayload
 
 SHA = bytes(range(32))
 

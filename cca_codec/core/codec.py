@@ -34,15 +34,8 @@ from cca_codec.base.timing import (
 )
 from cca_codec.entropy.coder import CODER_VERSION, SymbolDecoder, SymbolEncoder
 from cca_codec.entropy.tables import CDFTables, ScaleTable
-from cca_codec.format.container import (
-    CONTEXT_MODES,
-    DEFAULT_MAX_PIXELS,
-    Container,
-    Header,
-    TilePayload,
-    read_container,
-    write_container,
-)
+from cca_codec.format.container import DEFAULT_MAX_PIXELS, read_container, write_container
+from cca_codec.format.contents import CONTEXT_MODES, Container, Header, TilePayload
 from cca_codec.format.tiling import BlendAssembler, TileLayout, choose_layout
 from cca_codec.image.io import DecodedImage, SourceImage
 from cca_codec.nn.context import Folds, anchor_mask

@@ -7,7 +7,10 @@ Layout (the byte-level specification is ``docs/FORMAT.md``)::
 Every chunk is ``u32 length | 4-byte type | payload | u32 CRC-32(type + payload)``,
 all integers big-endian.  A chunk type whose first letter is uppercase is *critical*
 (a reader that does not know it must refuse the file); lowercase is *ancillary* (an
-unknown one is skipped).
+unknown one is skipped).  What the chunks carry (:class:`~cca_codec.format.contents.Header`,
+:class:`~cca_codec.format.contents.TilePayload`, :class:`~cca_codec.format.contents.Container`)
+and the rules it must keep are :mod:`cca_codec.format.contents`; this module writes and
+reads them as chunks.
 
 This module is pure Python and stdlib only.  :func:`read_container` and
 :func:`read_header` treat their input as hostile: every problem is reported as a
@@ -18,50 +21,42 @@ not be read back.
 """
 from __future__ import annotations
 
-import math
-import re
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Union
 
 from cca_codec.base.errors import FormatError
 
+from .contents import (
+    COLOR_MODES,
+    COLOR_SPACES,
+    CONTEXT_MODES,
+    FORMAT_VERSION,
+    MAX_DIMENSION,  # noqa: F401  (cca_codec.pillow imports it from here)
+    SHA256_BYTES,
+    Container,
+    Header,
+    TilePayload,
+    container_problem,
+    header_problem,
+    is_int,
+    version_message,
+)
+
 __all__ = [
-    "FORMAT_VERSION",
     "SIGNATURE",
-    "CONTEXT_MODES",
-    "COLOR_MODES",
-    "COLOR_SPACES",
     "MAX_CHUNK_LENGTH",
     "DEFAULT_MAX_PIXELS",
-    "MAX_TILE_PIXELS",
-    "Header",
-    "TilePayload",
-    "Container",
     "write_container",
     "read_container",
     "read_header",
-    "padded_tile_extent",
     "container_overhead",
     "describe",
 ]
 
-FORMAT_VERSION = 1
 SIGNATURE = b"\x89CCA\r\n\x1a\n"
-CONTEXT_MODES = ("grouped", "checkerboard")  # index = context_mode byte
-COLOR_MODES = ("rgb", "gray")  # index = color_mode byte
-COLOR_SPACES = ("srgb", "icc")  # index = color_space byte
-NUMERIC_MODE_FLOAT64 = 1
-CODER_CONSTRICTION_RANGE = 1
-
 MAX_CHUNK_LENGTH = 1 << 30  # payload bytes of one chunk
 DEFAULT_MAX_PIXELS = 1 << 28  # width * height a reader accepts by default
-MAX_DIMENSION = (1 << 31) - 1
-MAX_QUALITY = 64.0
-MAX_LATENT_ALIGN = 1024
-MAX_TILE_PIXELS = 1 << 22  # padded area of the largest region one tile is coded over
-SHA256_BYTES = 32
 ALPHA_ZLIB_LEVEL = 9
 
 _U32 = struct.Struct(">I")
@@ -70,7 +65,6 @@ _CDAT_PREFIX = struct.Struct(">II")  # tile_index, symbols_crc32
 # numeric_mode, coder_id, quality, lam, tile_width, tile_height, tile_overlap, latent_align
 _CHDR_FIXED = struct.Struct(">BIIBBBBBBddIIHH")
 _CHUNK_FRAMING = 12  # length + type + CRC
-_MODEL_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _ASCII_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 _CHDR, _CDAT, _CEND = "CHDR", "CDAT", "CEND"
@@ -78,235 +72,6 @@ _ICCP, _EXIF, _ALPH = "iCCP", "eXIf", "aLPH"
 _KNOWN_ANCILLARY = (_ICCP, _EXIF, _ALPH)
 
 BytesLike = Union[bytes, bytearray, memoryview]
-
-
-@dataclass(frozen=True)
-class Header:
-    """The CHDR chunk: everything a decoder needs before it reads tile data.
-
-    Sizes are in pixels of the original image.  ``quality`` is the (possibly
-    fractional) quality level and ``lam`` its rate-distortion lambda.  ``tile_width``
-    x ``tile_height`` is the tile size; the image is cut into :attr:`tile_grid`
-    tiles numbered in row-major order.  ``latent_align`` is the network's size
-    multiple (a power of two).  ``weights_sha256`` is the 32-byte SHA-256 of the
-    model weights the file was made with.
-    """
-
-    width: int
-    height: int
-    color_mode: str
-    bit_depth: int
-    color_space: str
-    context_mode: str
-    quality: float
-    lam: float
-    tile_width: int
-    tile_height: int
-    tile_overlap: int
-    latent_align: int
-    coder_version: str
-    model_id: str
-    weights_sha256: bytes
-    numeric_mode: int = NUMERIC_MODE_FLOAT64
-    coder_id: int = CODER_CONSTRICTION_RANGE
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def tile_grid(self) -> tuple[int, int]:
-        """(rows, cols) of the tile grid: ceil(height / tile_height), ceil(width / tile_width)."""
-        return -(-self.height // self.tile_height), -(-self.width // self.tile_width)
-
-    @property
-    def tile_count(self) -> int:
-        """Number of tiles (rows * cols), i.e. the number of CDAT chunks in the file."""
-        rows, cols = self.tile_grid
-        return rows * cols
-
-
-@dataclass(frozen=True)
-class TilePayload:
-    """One CDAT chunk: the coded stream of tile ``tile_index`` (row-major).
-
-    ``symbols_crc32`` is the CRC-32 of the tile's decoded symbols, checked by the
-    decoder after entropy decoding; ``stream`` is the range coder's output.
-    """
-
-    tile_index: int
-    symbols_crc32: int
-    stream: bytes
-
-
-@dataclass(frozen=True)
-class Container:
-    """A whole ``.cca`` file in memory.
-
-    ``tiles`` are sorted by ``tile_index`` and cover the tile grid exactly once.
-    ``alpha`` is the raw (uncompressed) uint8 alpha plane, ``height * width`` bytes in
-    row-major order.  ``skipped_chunks`` lists the types of unknown ancillary chunks the
-    reader skipped; :func:`write_container` ignores it (their contents are not kept).
-    """
-
-    header: Header
-    tiles: tuple[TilePayload, ...]
-    icc_profile: bytes | None = None
-    exif: bytes | None = None
-    alpha: bytes | None = None
-    skipped_chunks: tuple[str, ...] = ()
-
-
-# --------------------------------------------------------------------------- validation
-# Each *_problem function returns a one-line description of the first rule broken, or
-# None.  The reader raises it as FormatError, the writer as ValueError.
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _range_problem(name: str, value: object, low: int, high: int) -> str | None:
-    if not _is_int(value):
-        return f"header field {name} must be an int, got {type(value).__name__}"
-    if not low <= value <= high:
-        return f"header field {name} = {value} is out of range {low}..{high}"
-    return None
-
-
-def _choice_problem(name: str, value: object, choices: tuple[str, ...]) -> str | None:
-    if value not in choices:
-        return f"header field {name} = {value!r} is not one of {', '.join(choices)}"
-    return None
-
-
-def _only_value_problem(name: str, value: object, only: int, meaning: str) -> str | None:
-    if not _is_int(value) or value != only:
-        return f"header field {name} = {value!r} is not supported (only {only} = {meaning} is defined)"
-    return None
-
-
-def _header_checks(h: Header) -> Iterator[str | None]:
-    """Every CHDR rule in field order, yielding a message for a broken rule and None for a kept one.
-
-    Lazy on purpose: a check runs only when the earlier ones passed (tile_width is
-    compared with width only once width is known to be an int).
-    """
-    yield _only_value_problem("numeric_mode", h.numeric_mode, NUMERIC_MODE_FLOAT64, "float64")
-    yield _only_value_problem("coder_id", h.coder_id, CODER_CONSTRICTION_RANGE, "constriction RangeEncoder")
-    yield _choice_problem("color_mode", h.color_mode, COLOR_MODES)
-    yield _choice_problem("color_space", h.color_space, COLOR_SPACES)
-    yield _choice_problem("context_mode", h.context_mode, CONTEXT_MODES)
-    yield _range_problem("width", h.width, 1, MAX_DIMENSION)
-    yield _range_problem("height", h.height, 1, MAX_DIMENSION)
-    yield _range_problem("bit_depth", h.bit_depth, 1, 16)
-    if not (_is_real(h.quality) and math.isfinite(h.quality) and 0 < h.quality <= MAX_QUALITY):
-        yield f"header field quality = {h.quality!r} must be finite and in (0, {MAX_QUALITY:g}]"
-    if not (_is_real(h.lam) and math.isfinite(h.lam) and h.lam > 0):
-        yield f"header field lam = {h.lam!r} must be finite and > 0"
-    yield _range_problem("tile_width", h.tile_width, 1, h.width)
-    yield _range_problem("tile_height", h.tile_height, 1, h.height)
-    yield _range_problem("tile_overlap", h.tile_overlap, 0, 0xFFFF)
-    align = h.latent_align
-    if not (_is_int(align) and 1 <= align <= MAX_LATENT_ALIGN and align & (align - 1) == 0):
-        yield f"header field latent_align = {align!r} is not a power of two in 1..{MAX_LATENT_ALIGN}"
-    yield _tile_axis_problem("tile_width", h.width, h.tile_width, h.tile_overlap, align)
-    yield _tile_axis_problem("tile_height", h.height, h.tile_height, h.tile_overlap, align)
-    tile_pixels = padded_tile_extent(h.width, h.tile_width, h.tile_overlap, align) * padded_tile_extent(
-        h.height, h.tile_height, h.tile_overlap, align
-    )
-    if tile_pixels > MAX_TILE_PIXELS:
-        yield f"tiles of {tile_pixels} pixels (padded, with overlap) exceed the limit of {MAX_TILE_PIXELS}"
-    if not isinstance(h.coder_version, str) or not h.coder_version.isprintable():
-        yield f"header field coder_version = {h.coder_version!r} must be a printable string"
-    elif not 1 <= len(h.coder_version.encode("utf-8")) <= 255:
-        yield "header field coder_version must be 1..255 bytes of UTF-8"
-    if not isinstance(h.model_id, str) or not _MODEL_ID_RE.fullmatch(h.model_id):
-        yield f"header field model_id = {h.model_id!r} must be non-empty and use only [A-Za-z0-9._-]"
-    elif len(h.model_id) > 255:
-        yield "header field model_id must be at most 255 characters"
-    if not isinstance(h.weights_sha256, bytes) or len(h.weights_sha256) != SHA256_BYTES:
-        yield f"header field weights_sha256 must be {SHA256_BYTES} bytes"
-
-
-def padded_tile_extent(total: int, tile: int, overlap: int, align: int) -> int:
-    """Pixels, along one axis, of the longest region a tile is coded over, padded to ``align``.
-
-    ``total`` is the image size on that axis and ``tile`` the core tile size: one tile covers
-    ``total``; with several, a tile is at most its core plus ``overlap`` on both sides.
-    """
-    extent = total if tile >= total else min(total, tile + 2 * overlap)
-    return -(-extent // align) * align
-
-
-def _tile_axis_problem(name: str, total: int, tile: int, overlap: int, align: int) -> str | None:
-    """An axis with several tiles needs a core size that is a multiple of ``align`` and >= 2 * overlap."""
-    if tile == total:
-        return None
-    if tile % align:
-        return f"header field {name} = {tile} must equal the image size or be a multiple of latent_align = {align}"
-    if 2 * overlap > tile:
-        return f"header field tile_overlap = {overlap} is more than half of {name} = {tile}"
-    return None
-
-
-def _header_problem(h: Header) -> str | None:
-    """First rule of the CHDR specification that ``h`` breaks, or None."""
-    if h.format_version != FORMAT_VERSION:
-        return _version_message(h.format_version)
-    return next((p for p in _header_checks(h) if p is not None), None)
-
-
-def _version_message(version: object) -> str:
-    return f"unsupported .cca format version {version!r} (this reader supports version {FORMAT_VERSION})"
-
-
-def _tiles_problem(tiles: tuple[TilePayload, ...], header: Header) -> str | None:
-    """First problem with the tile list: it must be tiles 0..n-1 of the grid, in order."""
-    rows, cols = header.tile_grid
-    expected = rows * cols
-    if not tiles:
-        return "no tile data (the file has no CDAT chunk)"
-    for position, tile in enumerate(tiles):
-        if not isinstance(tile, TilePayload):
-            return f"tiles[{position}] is a {type(tile).__name__}, not a TilePayload"
-        index = tile.tile_index
-        if not _is_int(index) or not 0 <= index < expected:
-            return f"tile index {index!r} is out of range (the {rows}x{cols} tile grid has {expected} tiles)"
-        if index > position:
-            return f"tile {position} of {expected} is missing (tile grid {rows}x{cols})"
-        if index < position:
-            return f"tile index {index} appears twice or out of order"
-        if not _is_int(tile.symbols_crc32) or not 0 <= tile.symbols_crc32 <= 0xFFFFFFFF:
-            return f"tile {index}: symbols_crc32 = {tile.symbols_crc32!r} is not a u32"
-        if not isinstance(tile.stream, bytes):
-            return f"tile {index}: stream must be bytes, got {type(tile.stream).__name__}"
-    if len(tiles) < expected:
-        return f"tile {len(tiles)} of {expected} is missing (tile grid {rows}x{cols})"
-    return None
-
-
-def _ancillary_problem(c: Container) -> str | None:
-    """First problem with the optional ICC profile, EXIF block and alpha plane."""
-    for name, value in (("icc_profile", c.icc_profile), ("exif", c.exif), ("alpha", c.alpha)):
-        if value is not None and (not isinstance(value, bytes) or not value):
-            return f"{name} must be None or non-empty bytes"
-    if (c.header.color_space == "icc") != (c.icc_profile is not None):
-        return f"color_space is {c.header.color_space!r} but the ICC profile is {'absent' if c.icc_profile is None else 'present'}"
-    pixels = c.header.width * c.header.height
-    if c.alpha is not None and len(c.alpha) != pixels:
-        return f"alpha plane has {len(c.alpha)} bytes, expected height*width = {pixels}"
-    return None
-
-
-def _container_problem(c: Container) -> str | None:
-    """First rule of the format that ``c`` breaks, or None."""
-    if not isinstance(c.header, Header):
-        return f"header is a {type(c.header).__name__}, not a Header"
-    if not isinstance(c.tiles, tuple):
-        return f"tiles must be a tuple, got {type(c.tiles).__name__}"
-    return _header_problem(c.header) or _tiles_problem(c.tiles, c.header) or _ancillary_problem(c)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -333,7 +98,7 @@ def _chunks(c: Container) -> list[tuple[str, bytes]]:
     """(type, payload) of every chunk of ``c`` in file order; ValueError if ``c`` is invalid."""
     if not isinstance(c, Container):
         raise ValueError(f"expected a Container, got {type(c).__name__}")
-    problem = _container_problem(c)
+    problem = container_problem(c)
     if problem is not None:
         raise ValueError(problem)
     chunks = [(_CHDR, _pack_chdr(c.header))]
@@ -437,7 +202,7 @@ def _parse_chdr(payload: memoryview) -> Header:
     if len(payload) == 0:
         raise FormatError("CHDR chunk is empty")
     if payload[0] != FORMAT_VERSION:
-        raise FormatError(_version_message(payload[0]))
+        raise FormatError(version_message(payload[0]))
     if len(payload) < _CHDR_FIXED.size:
         raise FormatError(f"CHDR chunk is too short ({len(payload)} bytes)")
     (version, width, height, color_mode, bit_depth, color_space, context_mode, numeric_mode,
@@ -462,14 +227,14 @@ def _parse_chdr(payload: memoryview) -> Header:
         coder_version=coder_version, model_id=model_id, weights_sha256=weights_sha256,
         numeric_mode=numeric_mode, coder_id=coder_id, format_version=version,
     )
-    problem = _header_problem(header)
+    problem = header_problem(header)
     if problem is not None:
         raise FormatError(problem)
     return header
 
 
 def _check_max_pixels(max_pixels: int) -> None:
-    if not _is_int(max_pixels) or max_pixels < 1:
+    if not is_int(max_pixels) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
 
 
@@ -578,7 +343,7 @@ def read_container(data: BytesLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Con
         alpha=None if alpha is None else _inflate_alpha(alpha, header),
         skipped_chunks=tuple(skipped),
     )
-    problem = _container_problem(container)
+    problem = container_problem(container)
     if problem is not None:
         raise FormatError(problem)
     return container

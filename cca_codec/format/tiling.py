@@ -12,7 +12,7 @@ its tile's reconstruction.
 Memory: :class:`BlendAssembler` keeps the uint8 output image and a float32 strip of one
 tile row (``(tile_height + 2 * overlap) x W x 3``), never a float copy of the whole image.
 The rules a layout must follow are format rules (docs/FORMAT.md, checked in
-:mod:`cca_codec.format.container`); this module only computes with them.
+:mod:`cca_codec.format.contents`); this module only computes with them.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .container import MAX_TILE_PIXELS, Header, padded_tile_extent
+from .contents import MAX_TILE_PIXELS, Header, padded_tile_extent
 
 __all__ = [
     "DEFAULT_TILE",
@@ -128,7 +128,7 @@ def choose_layout(height: int, width: int, tile: int | None, align: int) -> Tile
 
     Raises:
         ValueError: ``tile`` is not a multiple of ``align``, or a tile would exceed
-            :data:`~cca_codec.format.container.MAX_TILE_PIXELS` (the message says what to use).
+            :data:`~cca_codec.format.contents.MAX_TILE_PIXELS` (the message says what to use).
     """
     if tile is None:
         tile = DEFAULT_TILE if height * width > AUTO_TILE_PIXELS else 0
