@@ -1,6 +1,6 @@
 """Rate-distortion evaluation: real `.cca` files, measured as the anchors are.
 
-    python -m cca_codec.measure.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
+    ccacodec eval DIR --model ID|DIR --qualities 1,2,3 \\
         --context grouped,checkerboard --device cpu --limit N --out OUTDIR \\
         --compare jpeg,jpeg420,webp,avif,jxl,heic \\
         --anchor FILE [--anchor FILE ...] [--plot rd.png] [--html report.html]
@@ -32,7 +32,6 @@ page (:func:`write_html_report`), with 1:1 crops of the first image as each curv
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -48,10 +47,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from cca_codec import __version__
-from cca_codec.base.errors import CodecError, UsageError
+from cca_codec.base.console import say
+from cca_codec.base.errors import UsageError
 from cca_codec.base.fileio import atomic_write
-from cca_codec.core.checkpoint import LoadedModel, load_model
-from cca_codec.core.codec import decode_image, default_context, encode_image
+from cca_codec.core.checkpoint import LoadedModel
+from cca_codec.core.codec import decode_image, encode_image
 from cca_codec.format.container import container_overhead, read_container
 from cca_codec.image.io import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
 from cca_codec.image.metrics import MS_SSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bits_per_pixel, fidelity
@@ -114,11 +114,6 @@ def _image_names(images: Sequence[Path]) -> list[str]:
     if len(set(names)) != len(names):
         raise UsageError("image file names must be unique (they key the per-image results)")
     return names
-
-
-def _say(line: str) -> None:
-    """Print a line on stderr without breaking a progress bar."""
-    tqdm.write(line, file=sys.stderr)
 
 
 def _empty_record(image: SourceImage, keys: Sequence[str] = RESULT_KEYS) -> dict:
@@ -254,7 +249,7 @@ def evaluate_classical(
     codecs: Sequence[classical.ClassicalCodec],
     progress: bool = True,
     workdir: Path | None = None,
-    say: Callable[[str], None] = _say,
+    say: Callable[[str], None] = say,
 ) -> dict[str, dict]:
     """Code every image with every classical codec over its sweep; measure as :func:`evaluate` does.
 
@@ -543,7 +538,7 @@ def write_html_report(
             try:
                 rgb = codec.run(source, setting, Path(tmp) / f"strip{codec.suffix}").rgb
             except classical.ToolFailure as exc:
-                _say(f"strip: {codec.key} skipped: {exc}")
+                say(f"strip: {codec.key} skipped: {exc}")
                 continue
             coded.append((codec.name, f"{codec.setting_name} {setting:g}", per["bpp"][j], per["psnr-rgb"][j], rgb))
     side = min(STRIP_SIDE, image.width, image.height)
@@ -582,83 +577,3 @@ def find_images(directory: Path, limit: int | None = None) -> list[Path]:
     if not found:
         raise UsageError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
     return found[:limit] if limit is not None else found
-
-
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directory", type=Path, metavar="DIR", help="folder of images (png, jpg, ...)")
-    p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
-    p.add_argument("--qualities", default=None, help="comma-separated qualities (default: every integer quality)")
-    p.add_argument("--context", default=None, help="comma-separated context modes: grouped, checkerboard (default: the model's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--out", type=Path, required=True, help="folder for the results JSON files")
-    p.add_argument(
-        "--compare", default=None, metavar="CODECS",
-        help=f"comma-separated classical codecs to run on the same images: {','.join(classical.CODECS)}",
-    )
-    p.add_argument("--anchor", type=Path, action="extend", nargs="+", default=[], metavar="FILE", help="anchor results JSON (repeatable)")
-    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write an RD plot here")
-    p.add_argument(
-        "--html", type=Path, default=None, metavar="FILE",
-        help="write the report as one self-contained HTML page: plot, tables, crops of the first image at a middle rate",
-    )
-    p.add_argument("--workdir", type=Path, default=None, help="keep the .cca files here (default: a temporary folder)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    args = p.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be at least 1")
-    return args
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.evaluate") -> None:
-    """Command-line entry point; errors become one line on stderr and the error's exit code."""
-    args = _parse_args(argv, prog)
-    try:
-        for anchor in args.anchor:
-            try:
-                load_curve(anchor)
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"anchor {anchor}: {exc}") from None
-        images = find_images(args.directory, args.limit)
-        codecs = classical.available(classical.resolve(_comma_list(args.compare or "")), lambda line: _say(f"{prog}: {line}"))
-        model = load_model(args.model)
-        try:
-            qualities = [float(q) for q in _comma_list(args.qualities)] if args.qualities else [
-                float(q.quality) for q in model.qualities
-            ]
-        except ValueError:
-            raise UsageError(f"--qualities must be comma-separated numbers, got {args.qualities!r}") from None
-        contexts = _comma_list(args.context) if args.context else [default_context(model)]
-        results = evaluate(images, model, qualities, contexts, device=args.device, progress=not args.no_progress, workdir=args.workdir)
-        compared = evaluate_classical(
-            images, codecs, progress=not args.no_progress, workdir=args.workdir, say=lambda line: _say(f"{prog}: {line}")
-        ) if codecs else {}
-        written = write_results(results, args.out) + write_results(compared, args.out)
-        print(markdown_table(results))
-        if compared:
-            print()
-            print(markdown_table(compared, label="codec"))
-        if args.anchor or compared:
-            rows = bd_table(results, args.anchor, compared)
-            print()
-            print(markdown_bd_table(rows))
-            written.append(write_bd_table(rows, args.out))
-        if args.plot is not None:
-            plot_rd(results, args.anchor, args.plot, compared)
-            written.append(args.plot)
-        if args.html is not None:
-            written.append(write_html_report(args.html, results, args.anchor, compared, codecs, images[0], model, device=args.device))
-    except CodecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    for path in written:
-        print(f"wrote {path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

@@ -421,7 +421,7 @@ def stint_summary(recs: list[dict], since_step: int, threads: int, end: dict | N
 
 def kodak_check(model_dir: Path, kodak: Path, out: Path, limit: int | None = None) -> Path:
     """Kodak, every quality, checkerboard, through the real codec (`ccacodec eval`); returns the curve file."""
-    args = [sys.executable, "-m", "cca_codec.measure.evaluate", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
+    args = [sys.executable, "-m", "cca_codec", "eval", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
             "--out", str(out), "--no-progress"]
     if limit:
         args += ["--limit", str(limit)]
