@@ -298,6 +298,23 @@ def test_passthrough_commands_get_their_arguments_verbatim(monkeypatch):
     assert seen[-1] == (["--data", "pack", "--help"], "ccacodec train")
 
 
+def test_import_cca_codec_loads_no_torch_and_the_api_on_first_use():
+    """`import cca_codec` (and the command line's modules) stay free of torch and NumPy; the public API
+    is imported from its modules when first used."""
+    code = (
+        "import sys\n"
+        "import cca_codec, cca_codec.cli\n"
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'eager import'\n"
+        "from cca_codec import Target, encode_image, load_image\n"
+        "from cca_codec.core.codec import encode_image as defined\n"
+        "assert encode_image is defined and Target('bpp', 0.5).value == 0.5\n"
+        "assert set(cca_codec.__all__) <= set(dir(cca_codec))\n"
+        "try:\n    cca_codec.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+
+
 def test_the_cli_lists_of_choices_match_the_library():
     """The cli names precisions and classical codecs without importing their (torch, NumPy) modules."""
     from cca_codec.cli import common
