@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cca_codec.image.metrics $(SAMPLE) $(DEMO)/seeding.png --cca $(DEMO)/seeding.cca
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 codecs:

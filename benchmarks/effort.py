@@ -33,7 +33,7 @@ from cca_codec.core.refine import EFFORT_STEPS
 from cca_codec.image.io import SourceImage, load_image
 from cca_codec.image.metrics import bits_per_pixel, psnr
 from cca_codec.measure.bdrate import bd_rate
-from cca_codec.measure.evaluate import find_images
+from cca_codec.image.io import find_images
 
 
 def centre_crop(image: SourceImage, size: tuple[int, int] | None) -> SourceImage:

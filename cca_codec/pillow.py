@@ -24,25 +24,25 @@ that fails; for atomic replacement of existing files use the ``ccacodec`` comman
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
-from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from cca_codec.base.errors import CodecError, UsageError
-from cca_codec.core.checkpoint import LoadedModel, load_model, resolve_model_dir
-from cca_codec.core.codec import decode_image, encode_image
-from cca_codec.core.ratecontrol import Target, encode_to_target
-from cca_codec.format.container import MAX_DIMENSION, SIGNATURE, Header, read_container, read_header
+from cca_codec.core.checkpoint import LoadedModel
+from cca_codec.core.files import EncodeOptions, ModelCache, decode, encode
+from cca_codec.format.container import SIGNATURE, read_container, read_header
+from cca_codec.format.contents import MAX_DIMENSION, Header
 from cca_codec.image.io import image_from_pil
 
 FORMAT = "CCA"
 EXTENSION = ".cca"
 MIME = "image/x-cca"
 _NO_PIXEL_LIMIT = MAX_DIMENSION * MAX_DIMENSION  # Pillow's own limit applies instead (_check_pixels)
+_MODELS = ModelCache()
+"""The models of this process, loaded once per directory and model.json version."""
 
 
 def _accept(prefix: bytes) -> bool:
@@ -105,8 +105,8 @@ class CcaDecoder(ImageFile.PyDecoder):
         (label,) = self.args
         data = self.fd.read()
         try:
-            model = _model(read_header(data, max_pixels=_NO_PIXEL_LIMIT).model_id)
-            decoded = decode_image(data, model, max_pixels=_NO_PIXEL_LIMIT).to_pil()
+            _, image = decode(data, _MODELS, max_pixels=_NO_PIXEL_LIMIT)
+            decoded = image.to_pil()
         except CodecError as exc:
             raise OSError(f"{label}: {exc}") from None
         self.set_as_raw(decoded.tobytes(), decoded.mode)
@@ -129,35 +129,17 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
 
 def _encode(im: Image.Image, options: dict[str, Any], label: str) -> bytes:
     """The ``.cca`` bytes of ``im`` under the save ``options``."""
-    target = Target.from_options(
-        bpp=options.get("target_bpp"), psnr=options.get("target_psnr"), size=options.get("target_size"),
-        quality=options.get("quality"),
+    coding = EncodeOptions.from_options(
+        quality=options.get("quality"), target_bpp=options.get("target_bpp"), target_psnr=options.get("target_psnr"),
+        target_size=options.get("target_size"), context=options.get("context"), device=options.get("device", "auto"),
+        tile=options.get("tile"), effort=options.get("effort", 1),
     )
     model = options.get("model")
-    loaded = model if isinstance(model, LoadedModel) else _model(model)
+    loaded = model if isinstance(model, LoadedModel) else _MODELS.load(model)
     image = image_from_pil(im, label)
     for note in image.notes:
         warnings.warn(f"{label}: {note}", UserWarning)
-    coding = {
-        "context": options.get("context"), "device": options.get("device", "auto"), "tile": options.get("tile"),
-        "effort": options.get("effort", 1),
-    }
-    if target is None:
-        return encode_image(image, loaded, quality=options.get("quality"), **coding)
-    return encode_to_target(image, loaded, target, **coding).data
-
-
-def _model(model: str | os.PathLike[str] | None) -> LoadedModel:
-    """The model with this id or directory (None: the default), loaded once per directory and
-    model.json version."""
-    directory = resolve_model_dir(model)
-    return _load(directory, (directory / "model.json").stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=None)
-def _load(directory: Path, _version: int) -> LoadedModel:
-    """load_model, cached by directory and the mtime of its model.json (``_version``)."""
-    return load_model(directory)
+    return encode(image, loaded, coding).data
 
 
 def _label(filename: str | bytes | None, default: str) -> str:

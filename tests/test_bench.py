@@ -2,13 +2,15 @@
 import json
 
 import pytest
+from click.testing import CliRunner, Result
 
 from cca_codec.base.errors import UsageError
+from cca_codec.cli import cli
 from cca_codec.base.timing import NO_TIMER, StageTimer, entropy_step
 from cca_codec.core.checkpoint import in_memory_model
 from cca_codec.core.codec import decode_image, encode_image
 from cca_codec.image.io import IMAGE_SUFFIXES, load_image
-from cca_codec.measure import bench, classical
+from cca_codec.measure import classical
 
 ENCODE_CODEC_STAGES = ["g_a", "hyperprior"]
 DECODE_CODEC_STAGES = ["container read", "hyperprior"]
@@ -16,6 +18,11 @@ DECODE_CODEC_STAGES = ["container read", "hyperprior"]
 
 def steps(count: int) -> set[str]:
     return {entropy_step(k) for k in range(1, count + 1)}
+
+
+def ccacodec_bench(*args: object) -> Result:
+    """``ccacodec bench ARGS`` in this process."""
+    return CliRunner().invoke(cli, ["bench", *(str(a) for a in args)])
 
 
 @pytest.mark.parametrize("context, count", [("grouped", 5), ("checkerboard", 10)])
@@ -47,14 +54,16 @@ def test_stage_timer_accumulates_and_syncs():
     assert list(timer.seconds) == ["range coding"] and len(calls) == 6
 
 
-def test_bench_command_writes_every_stage(models_env, make_image, tmp_path, capsys):
+def test_bench_command_writes_every_stage(models_env, make_image, tmp_path):
     image = make_image(64, 96)
     out = tmp_path / "bench.json"
-    bench.main([
-        str(image), "--model", "test-tiny", "--context", "checkerboard", "--device", "cpu", "--threads", "1,2",
-        "--repeat", "1", "--compare", "jpeg,webp", "--json", str(out),
-    ])
-    stdout = capsys.readouterr().out
+    result = ccacodec_bench(
+        image, "--model", "test-tiny", "--context", "checkerboard", "--device", "cpu", "--threads", "1,2",
+        "--repeat", "1", "--compare", "jpeg,webp", "--json", out,
+    )
+    assert result.exit_code == 0, result.output
+    stdout = result.stdout
+    assert result.stderr.splitlines()[-1] == f"wrote {out}"
     report = json.loads(out.read_text())
     assert report["width"] == 96 and report["height"] == 64 and report["model"] == "test-tiny"
     assert report["model_load_s"] > 0 and report["repeat"] == 1
@@ -77,12 +86,14 @@ def test_bench_command_writes_every_stage(models_env, make_image, tmp_path, caps
     assert "| jpeg (Pillow" in stdout
 
 
-def test_bench_skips_missing_tools(models_env, make_image, tmp_path, monkeypatch, capsys):
+def test_bench_skips_missing_tools(models_env, make_image, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    bench.main([str(make_image(64, 64)), "--model", "test-tiny", "--device", "cpu", "--threads", "1", "--repeat", "1", "--compare", "cwebp,jpeg"])
-    captured = capsys.readouterr()
-    assert "cwebp skipped: cwebp and dwebp not found on PATH" in captured.err
-    assert "| jpeg (Pillow" in captured.out and "| cwebp" not in captured.out
+    result = ccacodec_bench(
+        make_image(64, 64), "--model", "test-tiny", "--device", "cpu", "--threads", "1", "--repeat", "1", "--compare", "cwebp,jpeg"
+    )
+    assert result.exit_code == 0, result.output
+    assert "ccacodec bench: cwebp skipped: cwebp and dwebp not found on PATH" in result.stderr
+    assert "| jpeg (Pillow" in result.stdout and "| cwebp" not in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -90,11 +101,10 @@ def test_bench_skips_missing_tools(models_env, make_image, tmp_path, monkeypatch
     (["--repeat", "0"], "--repeat must be at least 1"),
     (["--compare", "png"], "unknown codec png"),
 ])
-def test_bench_usage_errors(models_env, make_image, capsys, args, message):
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main([str(make_image(64, 64)), "--model", "test-tiny", "--device", "cpu", *args])
-    assert exit_info.value.code == UsageError.exit_code
-    assert message in capsys.readouterr().err
+def test_bench_usage_errors(models_env, make_image, args, message):
+    result = ccacodec_bench(make_image(64, 64), "--model", "test-tiny", "--device", "cpu", *args)
+    assert result.exit_code == UsageError.exit_code
+    assert result.stdout == "" and result.stderr.splitlines()[-1].startswith("ccacodec bench: error: ") and message in result.stderr
 
 
 def test_classical_registry_is_consistent():
@@ -103,35 +113,44 @@ def test_classical_registry_is_consistent():
 
 
 def test_ccacodec_bench_subcommand_passes_its_arguments(make_image):
-    from click.testing import CliRunner
-
-    from cca_codec.cli import cli
-
-    result = CliRunner().invoke(cli, ["bench", str(make_image(64, 64)), "--threads", "two"])
+    result = ccacodec_bench(make_image(64, 64), "--threads", "two")
     assert result.exit_code == UsageError.exit_code
     assert result.output.strip().splitlines() == ["ccacodec bench: error: --threads must be comma-separated integers, got 'two'"]
 
 
-def test_bench_times_a_folder_image_by_image(models_env, make_image, tmp_path, capsys):
+def test_bench_help_is_the_module_description():
+    result = ccacodec_bench("--help")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0].endswith(" bench [OPTIONS] [IMAGE ...]")
+    assert "Speed benchmark: per-stage timing of encode and decode" in result.stdout
+    assert "--compare CODECS" in result.stdout and "--repeat N" in result.stdout
+
+
+def test_a_bad_option_value_is_a_usage_error(make_image):
+    result = ccacodec_bench(make_image(64, 64), "--repeat", "many")
+    assert result.exit_code == UsageError.exit_code and "--repeat" in result.stderr
+
+
+def test_bench_times_a_folder_image_by_image(models_env, make_image, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name, (h, w) in {"a.png": (64, 64), "b.png": (64, 128)}.items():
         make_image(h, w).rename(folder / name)
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "bench.json"
-    bench.main([str(folder), "--model", "test-tiny", "--device", "cpu", "--threads", "1", "--repeat", "1", "--compare", "jpeg", "--json", str(out)])
+    result = ccacodec_bench(folder, "--model", "test-tiny", "--device", "cpu", "--threads", "1", "--repeat", "1", "--compare", "jpeg", "--json", out)
+    assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["image"] == str(folder) and [p.rsplit("/", 1)[-1] for p in report["images"]] == ["a.png", "b.png"]
     assert report["width"] is None and report["megapixels"] == pytest.approx((64 * 64 + 64 * 128) / 2 / 1e6)
     run = report["runs"][0]
     assert run["encode"]["total_s"] >= max(run["encode"]["stages"].values()) > 0 and run["bpp"] > 0
     assert report["classical"][0]["bpp"] > 0
-    assert "then over the 2 images" in capsys.readouterr().out
+    assert "then over the 2 images" in result.stdout
 
 
-def test_bench_refuses_a_folder_without_images(models_env, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main([str(tmp_path), "--model", "test-tiny", "--device", "cpu", "--threads", "1"])
-    assert exit_info.value.code == UsageError.exit_code
-    assert f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {tmp_path}" in capsys.readouterr().err
+def test_bench_refuses_a_folder_without_images(models_env, tmp_path):
+    result = ccacodec_bench(tmp_path, "--model", "test-tiny", "--device", "cpu", "--threads", "1")
+    assert result.exit_code == UsageError.exit_code
+    assert f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {tmp_path}" in result.stderr
     assert ".png" in IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import write_image
 from PIL import Image
 
+from cca_codec.cli import cli
 from cca_codec.core.checkpoint import in_memory_model
 from cca_codec.measure import classical
 from cca_codec.measure import compare as cmp
-from cca_codec.measure import evaluate as ev
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -110,10 +111,11 @@ def test_eval_page_is_one_file_that_loads(browser, models_env, tmp_path):
     write_image(folder, 96, 128, name="a.png")
     write_image(folder, 80, 80, name="b.png")
     page = tmp_path / "page" / "eval.html"
-    ev.main([
-        str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped", "--compare", "jpeg",
+    result = CliRunner().invoke(cli, [
+        "eval", str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped", "--compare", "jpeg",
         "--out", str(tmp_path / "out"), "--html", str(page), "--no-progress",
     ])
+    assert result.exit_code == 0, result.output
     moved = tmp_path / "elsewhere.html"
     shutil.move(page, moved)  # one file: it needs nothing beside it
     open_page(browser, moved)

@@ -16,10 +16,11 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from cca_codec import cli as cli_module
+from cca_codec import __version__
 from cca_codec.base import errors
 from cca_codec.cli import cli
-from cca_codec.core import checkpoint, codec
+from cca_codec.cli import codec as cli_codec
+from cca_codec.core import checkpoint, files
 from cca_codec.core.checkpoint import DEFAULT_MODEL_ID, available_models, in_memory_model, save_model_dir
 
 MODEL = "test-tiny"
@@ -276,7 +277,7 @@ def test_help_and_version_do_not_need_torch():
     result = run("--version")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0] == f"ccacodec {cli_module.__version__}"
+    assert lines[0] == f"ccacodec {__version__}"
     assert lines[1].startswith("torch ") and lines[2].startswith("constriction ")
 
 
@@ -289,6 +290,49 @@ def test_passthrough_commands_get_their_arguments_verbatim(monkeypatch):
     assert run("train-bg", "start", "--", "--lr", "3e-5", "--help").exit_code == 0
     assert run("train-bg", "--help").exit_code == 0
     assert seen == [(["start", "--", "--lr", "3e-5", "--help"], "ccacodec train-bg"), (["--help"], "ccacodec train-bg")]
+
+    from cca_codec.training import train
+
+    monkeypatch.setattr(train, "main", lambda argv, prog: seen.append((argv, prog)))
+    assert run("train", "--data", "pack", "--help").exit_code == 0
+    assert seen[-1] == (["--data", "pack", "--help"], "ccacodec train")
+
+
+def test_import_cca_codec_loads_no_torch_and_the_api_on_first_use():
+    """`import cca_codec` (and the command line's modules) stay free of torch and NumPy; the public API
+    is imported from its modules when first used."""
+    code = (
+        "import sys\n"
+        "import cca_codec, cca_codec.cli\n"
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'eager import'\n"
+        "from cca_codec import Target, encode_image, load_image\n"
+        "from cca_codec.core.codec import encode_image as defined\n"
+        "assert encode_image is defined and Target('bpp', 0.5).value == 0.5\n"
+        "assert set(cca_codec.__all__) <= set(dir(cca_codec))\n"
+        "try:\n    cca_codec.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_the_cli_lists_of_choices_match_the_library():
+    """The cli names precisions and classical codecs without importing their (torch, NumPy) modules."""
+    from cca_codec.cli import common
+    from cca_codec.core.precision import PRECISIONS
+    from cca_codec.measure.classical import CODECS
+
+    assert common.PRECISIONS == PRECISIONS
+    assert common.CLASSICAL_CODECS == tuple(CODECS)
+
+
+def test_the_cli_modules_are_small_and_leave_the_work_to_the_library():
+    """One module per command family, none over 600 lines; none runs child processes or reads model.json itself."""
+    folder = REPO / "cca_codec" / "cli"
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, path.name
+        assert "subprocess" not in text and "json.loads" not in text, path.name
+    assert not (REPO / "cca_codec" / "cli.py").exists()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -436,7 +480,7 @@ def test_internal_error_is_one_line(make_image, tmp_path, monkeypatch):
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(codec, "encode_image", broken)
+    monkeypatch.setattr(files, "encode_image", broken)
     result = run("encode", make_image(8, 8), "-o", tmp_path / "i.cca", "--model", MODEL)
     assert result.exit_code == 1
     line = error_line(result)
@@ -452,7 +496,7 @@ def test_interrupt_exits_130(make_image, tmp_path, monkeypatch):
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(codec, "encode_image", interrupted)
+    monkeypatch.setattr(files, "encode_image", interrupted)
     result = run("encode", make_image(8, 8), "-o", tmp_path / "k.cca", "--model", MODEL)
     assert result.exit_code == errors.EXIT_INTERRUPTED == 130
     assert error_line(result) == "ccacodec: interrupted"
@@ -591,10 +635,10 @@ def test_option_args_for_child_processes(make_image, monkeypatch):
     seen = {}
 
     def fake_children(jobs, processes, bar):
-        seen["args"] = cli_module._option_args(click.get_current_context(), processes)
+        seen["args"] = cli_codec.option_args(click.get_current_context(), processes)
         return [0] * len(jobs)
 
-    monkeypatch.setattr(cli_module, "_run_children", fake_children)
+    monkeypatch.setattr(cli_codec, "run_children", fake_children)
     result = run("encode", make_image(8, 8, name="x.png"), make_image(8, 8, name="y.png"), "--model", MODEL,
                  "-q", 3, "--tile", 64, "--no-overwrite", "--jobs", 2, "--threads", 1)
     assert result.exit_code == 0, result.stderr

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 from PIL import Image
 
 from cca_codec.base.errors import UsageError
+from cca_codec.cli import cli
 from cca_codec.core.checkpoint import in_memory_model
 from cca_codec.measure import classical, curves
 from cca_codec.measure import evaluate as ev
@@ -26,6 +28,11 @@ def textured(height: int, width: int, seed: int) -> np.ndarray:
     base = np.stack([xx * 3.0, yy * 4.0, 128 + 90 * np.sin(xx / 5.0) * np.cos(yy / 7.0)], axis=-1)
     noise = np.random.default_rng(seed).normal(0.0, 10.0, base.shape)
     return np.clip(np.rint(base + noise), 0, 255).astype(np.uint8)
+
+
+def ccacodec_eval(*args: object) -> Result:
+    """``ccacodec eval ARGS`` in this process."""
+    return CliRunner().invoke(cli, ["eval", *(str(a) for a in args)])
 
 
 def write_png(directory: Path, name: str, height: int, width: int, seed: int = 0) -> Path:
@@ -168,7 +175,7 @@ def test_bad_arguments_are_usage_errors(model, tmp_path):
         ev.evaluate([], model, [1], ["grouped"], progress=False)
 
 
-def test_command_line(models_env, tmp_path, capsys):
+def test_command_line(models_env, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     for name, seed in (("b.png", 1), ("a.png", 2), ("c.jpg", 3)):
@@ -176,12 +183,13 @@ def test_command_line(models_env, tmp_path, capsys):
     (folder / "notes.txt").write_text("not an image")
     anchor = synthetic_anchor(tmp_path / "anchor.json", [0.1, 0.5, 1.0, 3.0], [25.0, 30.0, 34.0, 40.0])
     out = tmp_path / "out"
-    ev.main([
-        str(folder), "--model", "test-tiny", "--qualities", "1,3", "--context", "grouped",
-        "--limit", "2", "--out", str(out), "--anchor", str(anchor), "--plot", str(tmp_path / "rd.png"),
-        "--no-progress",
-    ])
-    stdout = capsys.readouterr().out
+    result = ccacodec_eval(
+        folder, "--model", "test-tiny", "--qualities", "1,3", "--context", "grouped",
+        "--limit", "2", "--out", out, "--anchor", anchor, "--plot", tmp_path / "rd.png", "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    stdout = result.stdout
+    assert result.stderr.splitlines()[-1] == f"wrote {tmp_path / 'rd.png'}"
     assert "| context | quality | bpp |" in stdout and "| grouped | 3 |" in stdout
     assert "| ccacodec-test-tiny-grouped | synthetic |" in stdout
     data = json.loads((out / "ccacodec-test-tiny-grouped.json").read_text())
@@ -189,21 +197,45 @@ def test_command_line(models_env, tmp_path, capsys):
     assert (tmp_path / "rd.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_command_line_reports_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        ev.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == UsageError.exit_code
-    assert "is not a directory" in capsys.readouterr().err
+def test_command_line_reports_errors(tmp_path):
+    result = ccacodec_eval(tmp_path / "missing", "--out", tmp_path / "out")
+    assert result.exit_code == UsageError.exit_code
+    assert result.stderr == f"error: {tmp_path / 'missing'} is not a directory\n"
+    result = ccacodec_eval(tmp_path, "--out", tmp_path / "out", "--limit", "0")
+    assert result.exit_code == UsageError.exit_code and "--limit must be at least 1" in result.stderr
 
 
-def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
+def test_anchor_takes_several_files_at_once(models_env, tmp_path):
+    """``--anchor A B`` as the argparse tool took it (``nargs="+"``), and ``--anchor A --anchor B``."""
+    from cca_codec.cli.tools import spread_values
+
+    assert spread_values(["D", "--anchor", "a", "b", "--plot", "p", "c"], ["--anchor"]) == [
+        "D", "--anchor", "a", "--anchor", "b", "--plot", "p", "c"
+    ]
+    assert spread_values(["--anchor", "a", "--", "b"], ["--anchor"]) == ["--anchor", "a", "--", "b"]
+    folder = two_images(tmp_path)
+    anchors = [
+        synthetic_anchor(tmp_path / f"{name}.json", [0.1, 0.5, 1.0, 3.0], [25.0 + k, 30.0 + k, 34.0 + k, 40.0 + k])
+        for k, name in enumerate(["first", "second", "third"])
+    ]
+    result = ccacodec_eval(
+        folder, "--model", "test-tiny", "--qualities", "1,3", "--context", "grouped", "--out", tmp_path / "out",
+        "--anchor", anchors[0], anchors[1], "--anchor", anchors[2], "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    bd = json.loads((tmp_path / "out" / ev.BD_FILE).read_text())
+    assert [Path(row["anchor_file"]).name for row in bd["rows"]] == ["first.json", "second.json", "third.json"]
+
+
+def test_compare_writes_a_curve_per_codec(models_env, tmp_path):
     folder = two_images(tmp_path)
     out = tmp_path / "out"
-    ev.main([
-        str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped",
-        "--compare", "jpeg,webp", "--out", str(out), "--plot", str(tmp_path / "rd.png"), "--no-progress",
-    ])
-    stdout = capsys.readouterr().out
+    result = ccacodec_eval(
+        folder, "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped",
+        "--compare", "jpeg,webp", "--out", out, "--plot", tmp_path / "rd.png", "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    stdout = result.stdout
     assert "| codec | quality | bpp |" in stdout and "| jpeg | 50 |" in stdout
     ours = json.loads((out / "ccacodec-test-tiny-grouped.json").read_text())
     for key, name in (("jpeg", "jpeg-444-pillow"), ("webp", "webp-pillow")):
@@ -230,10 +262,11 @@ def test_compare_writes_a_curve_per_codec(models_env, tmp_path, capsys):
 def test_html_report_is_one_page_with_plot_tables_and_strip(models_env, tmp_path):
     folder = two_images(tmp_path)
     page = tmp_path / "report.html"
-    ev.main([
-        str(folder), "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped,checkerboard",
-        "--compare", "jpeg", "--out", str(tmp_path / "out"), "--html", str(page), "--no-progress",
-    ])
+    result = ccacodec_eval(
+        folder, "--model", "test-tiny", "--qualities", "1,3,5", "--context", "grouped,checkerboard",
+        "--compare", "jpeg", "--out", tmp_path / "out", "--html", page, "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<?xml" not in text
     assert "ccacodec-test-tiny-grouped" in text and "jpeg-444-pillow" in text and "BD-rate" in text
@@ -247,17 +280,18 @@ def test_html_report_is_one_page_with_plot_tables_and_strip(models_env, tmp_path
     assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing from the network
 
 
-def test_compare_reports_a_missing_tool_and_runs_the_others(models_env, tmp_path, monkeypatch, capsys):
+def test_compare_reports_a_missing_tool_and_runs_the_others(models_env, tmp_path, monkeypatch):
     folder = tmp_path / "images"
     folder.mkdir()
     write_png(folder, "a.png", 40, 56, seed=1)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no avifenc, cjxl, heif-enc on this PATH
     out = tmp_path / "out"
-    ev.main([
-        str(folder), "--model", "test-tiny", "--qualities", "1", "--context", "grouped",
-        "--compare", "jpeg420,avif,jxl", "--out", str(out), "--no-progress",
-    ])
-    err = capsys.readouterr().err
+    result = ccacodec_eval(
+        folder, "--model", "test-tiny", "--qualities", "1", "--context", "grouped",
+        "--compare", "jpeg420,avif,jxl", "--out", out, "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    err = result.stderr
     lines = [line for line in err.splitlines() if "skipped" in line]
     assert len(lines) == 2
     assert "avif skipped: avifenc and avifdec not found on PATH" in lines[0] and "make codecs" in lines[0]
@@ -266,14 +300,13 @@ def test_compare_reports_a_missing_tool_and_runs_the_others(models_env, tmp_path
     assert not list(out.glob("avif*")) and not list(out.glob("jxl*"))
 
 
-def test_compare_rejects_unknown_codecs(tmp_path, capsys):
+def test_compare_rejects_unknown_codecs(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     write_png(folder, "a.png", 32, 32)
-    with pytest.raises(SystemExit) as exit_info:
-        ev.main([str(folder), "--compare", "jpeg,bpg", "--out", str(tmp_path / "out")])
-    assert exit_info.value.code == UsageError.exit_code
-    assert "unknown codec bpg" in capsys.readouterr().err
+    result = ccacodec_eval(folder, "--compare", "jpeg,bpg", "--out", tmp_path / "out")
+    assert result.exit_code == UsageError.exit_code
+    assert result.stderr.startswith("error: ") and "unknown codec bpg" in result.stderr
 
 
 def test_a_failing_codec_is_dropped(tmp_path):

@@ -17,6 +17,8 @@ from cca_codec.base.errors import InputError
 
 STDOUT = "-"
 """The path that means "standard output" to :func:`write_output`."""
+STDIN = "-"
+"""The path that means "standard input" to :func:`read_input`."""
 
 _TEMP_ATTEMPTS = 16
 _LINK_UNSUPPORTED = frozenset({errno.EPERM, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -152,3 +154,10 @@ def read_file(path: str | os.PathLike, what: str = "a file") -> bytes:
         raise InputError(f"{label}: permission denied") from None
     except OSError as exc:
         raise InputError(f"cannot read {label}: {exc.strerror or exc}") from None
+
+
+def read_input(path: str) -> bytes:
+    """The content of ``path``, or all of standard input for ``"-"`` (InputError when unreadable)."""
+    if path == STDIN:
+        return sys.stdin.buffer.read()
+    return read_file(path)

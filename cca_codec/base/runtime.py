@@ -1,6 +1,6 @@
 """Process settings for the command-line tools: how OpenMP threads wait, how the C heap
-recycles memory, and how a finished process exits. The first takes effect only before torch is
-imported (OpenMP reads it when it loads); none changes any result.
+recycles memory, how many threads torch uses, and how a finished process exits. The first takes
+effect only before torch is imported (OpenMP reads it when it loads); none changes any result.
 
 Measured on the 2-core machine (kodim23, 2 threads, docs/RESULTS.md, *Speed*):
 
@@ -81,6 +81,20 @@ def leave_process(code: int) -> NoReturn:
         except (OSError, ValueError):
             code = code or 120
     os._exit(code)
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Let torch use ``threads`` CPU threads: intra-op and, when still possible (once per process,
+    before any parallel work), inter-op. None leaves torch's own choice; torch is imported only then."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only settable once per process, before any parallel work
+        pass
 
 
 def tune_process() -> None:

@@ -25,12 +25,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from cca_codec.base.errors import InputError, ModelError, UsageError
+from cca_codec.base.errors import InputError, ModelError, UsageError, one_line
 from cca_codec.base.fileio import atomic_write
 from cca_codec.nn.blocks import weights_loaded_later
 from cca_codec.nn.config import ModelConfig, get_config
@@ -334,6 +335,24 @@ def available_models() -> dict[str, Path]:
                 if (d / "model.json").is_file():
                     found.setdefault(d.name, d)
     return found
+
+
+def describe_model_dir(model_id: str, directory: Path) -> dict:
+    """What ``ccacodec models`` shows of one model directory, read from its model.json only (no
+    weights): id, directory, config name, weights dtype, default quality and the qualities with
+    their lambdas; or, where model.json cannot be read, ``error``."""
+    entry: dict[str, Any] = {"id": model_id, "directory": str(directory)}
+    try:
+        meta = json.loads((directory / "model.json").read_text())
+        entry.update(
+            config=meta["config"]["name"],
+            weights_dtype=meta.get("weights_dtype", "?"),
+            default_quality=meta.get("default_quality"),
+            qualities=[{"quality": q["quality"], "lambda": q["lambda"]} for q in meta["qualities"]],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entry["error"] = one_line(f"{type(exc).__name__}: {exc}")
+    return entry
 
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:

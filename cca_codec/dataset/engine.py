@@ -38,12 +38,9 @@ from typing import Any
 
 from cca_codec.base.errors import CodecError, InputError, UsageError, one_line
 from cca_codec.core.checkpoint import load_model
-from cca_codec.core.codec import check_context, default_context
-from cca_codec.core.refine import effort_schedule
+from cca_codec.core.files import EncodeOptions, check_options
 from cca_codec.format.container import DEFAULT_MAX_PIXELS
-from cca_codec.format.tiling import choose_layout
 from cca_codec.image.io import IMAGE_SUFFIXES
-from cca_codec.nn.model import CCAModel
 
 from .manifest import FAILED, MANIFEST_NAME, ManifestJournal, Record, new_record, read_manifest, write_manifest
 from .plan import CCA_EXTENSIONS, Plan, Source, make_plan, output_path
@@ -175,15 +172,13 @@ def encode_dataset(
     ray = import_ray()
     options = ray_options or RayOptions()
     loaded = load_model(model)
-    q = loaded.check_quality(loaded.default_quality if quality is None else quality)
-    chosen = loaded.at_quality(q)
-    mode = check_context(chosen.net, context or default_context(loaded))
-    _check_tile(tile)
-    effort_schedule(effort)  # a bad effort fails here, before any worker starts
+    # bad settings fail here, before any worker starts
+    checked = check_options(loaded, EncodeOptions(quality=quality, context=context, tile=tile, effort=effort))
+    q, mode = checked.quality, checked.context
     settings = EncodeSettings(_model_spec(model), q, mode, tile, max_pixels, options.device, options.threads, effort)
     fields = {
-        "quality": q, "context": mode, "model": loaded.model_id, "weights": chosen.weights_sha256.hex()[:WEIGHTS_DIGITS],
-        "effort": effort,
+        "quality": q, "context": mode, "model": loaded.model_id,
+        "weights": checked.network.weights_sha256.hex()[:WEIGHTS_DIGITS], "effort": effort,
     }
     job = _Job(os.fspath(src), os.fspath(dst), IMAGE_SUFFIXES, EncodeWorker.suffix, fields, EncodeWorker, settings)
     return _run(ray, job, options, progress, start)
@@ -351,14 +346,6 @@ def _lost(source: Source, job: _Job) -> Record:
         error=f"{label}: not coded: the file vanished before Ray read it, or its Ray task or worker failed; a rerun retries it",
         **job.fields,
     )
-
-
-def _check_tile(tile: int | None) -> None:
-    """Refuse a tile size that no image can use (not a multiple of the latent alignment)."""
-    try:
-        choose_layout(1, 1, tile, CCAModel.alignment)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _model_spec(model: str | None) -> str | None:

@@ -3,7 +3,7 @@
 Ray Data builds one instance per worker (``map_batches`` with an actor pool) and calls it with
 batches of ``{"path": [...], "bytes": [...]}`` as ``read_binary_files(include_paths=True)``
 produces them. Each file is coded with the same functions as ``ccacodec encode`` / ``decode``
-(:func:`~cca_codec.core.codec.encode_image`, :func:`~cca_codec.core.codec.decode_image`), written with
+(:func:`~cca_codec.core.files.encode`, :func:`~cca_codec.core.files.decode`), written with
 :func:`~cca_codec.base.fileio.atomic_write` under DST at its mirrored path, and becomes one manifest
 record. A failing file becomes a ``failed`` record; it never stops the batch. The result is one
 column, ``record``, of JSON strings (a schema that every record fits, whatever its values).
@@ -24,10 +24,10 @@ import torch
 
 from cca_codec.base.errors import CodecError, InputError, one_line
 from cca_codec.base.fileio import atomic_write
-from cca_codec.core.checkpoint import LoadedModel, load_model
-from cca_codec.core.codec import decode_image, encode_image
-from cca_codec.format.container import read_container
+from cca_codec.core.checkpoint import load_model
+from cca_codec.core.files import EncodeOptions, ModelCache, decode, encode
 from cca_codec.image.io import encode_png, load_image
+from cca_codec.image.metrics import bits_per_pixel
 
 from .manifest import FAILED, OK, Record, new_record
 from .plan import output_path
@@ -132,6 +132,9 @@ class EncodeWorker(_FileWorker):
         self.settings = settings
         self.model = load_model(settings.model)
         self.weights = self.model.at_quality(settings.quality).weights_sha256.hex()[:WEIGHTS_DIGITS]
+        self.options = EncodeOptions(
+            quality=settings.quality, context=settings.context, tile=settings.tile, effort=settings.effort, device=settings.device
+        )
 
     def _settings(self) -> dict[str, Any]:
         s = self.settings
@@ -142,46 +145,34 @@ class EncodeWorker(_FileWorker):
     def _code(self, data: bytes, label: str, target: str) -> dict[str, Any]:
         s = self.settings
         image = load_image(data, max_pixels=s.max_pixels, name=label)
-        coded = encode_image(
-            image, self.model, quality=s.quality, context=s.context, device=s.device, tile=s.tile, effort=s.effort
-        )
+        coded = encode(image, self.model, self.options).data
         _write(target, coded)
         return {
             **self._settings(),
             "bytes": len(coded), "width": image.width, "height": image.height,
-            "bpp": 8 * len(coded) / (image.width * image.height), "notes": list(image.notes),
+            "bpp": bits_per_pixel(len(coded), image.width, image.height), "notes": list(image.notes),
         }
 
 
 class DecodeWorker(_FileWorker):
-    """Decodes ``.cca`` files to PNG, each with the model it names (loaded once per model id)."""
+    """Decodes ``.cca`` files to PNG, each with the model it names (loaded once per model)."""
 
     suffix = ".png"
 
     def __init__(self, roots: Roots, settings: DecodeSettings) -> None:
         super().__init__(roots, settings.threads)
         self.settings = settings
-        self.forced = load_model(settings.model) if settings.model is not None else None
-        self.models: dict[str, LoadedModel] = {}
-
-    def _model_for(self, model_id: str) -> LoadedModel:
-        """The forced model, or the one the file names (loaded on first use)."""
-        if self.forced is not None:
-            return self.forced
-        if model_id not in self.models:
-            self.models[model_id] = load_model(model_id)
-        return self.models[model_id]
+        self.models = ModelCache(forced=settings.model)
 
     def _code(self, data: bytes, label: str, target: str) -> dict[str, Any]:
         s = self.settings
         # The whole container is checked first, as `ccacodec decode` does: a corrupt file is exit 4.
-        header = read_container(data, max_pixels=s.max_pixels).header
-        image = decode_image(data, self._model_for(header.model_id), device=s.device, max_pixels=s.max_pixels)
+        header, image = decode(data, self.models, device=s.device, max_pixels=s.max_pixels)
         png = encode_png(image)
         _write(target, png)
         return {
             "bytes": len(png), "width": header.width, "height": header.height,
-            "bpp": 8 * len(data) / (header.width * header.height),
+            "bpp": bits_per_pixel(len(data), header.width, header.height),
             "quality": header.quality, "context": header.context_mode, "model": header.model_id,
             "weights": header.weights_sha256.hex()[:WEIGHTS_DIGITS],
         }

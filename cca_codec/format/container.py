@@ -32,7 +32,6 @@ from .contents import (
     COLOR_SPACES,
     CONTEXT_MODES,
     FORMAT_VERSION,
-    MAX_DIMENSION,  # noqa: F401  (cca_codec.pillow imports it from here)
     SHA256_BYTES,
     Container,
     Header,

@@ -16,11 +16,12 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cca_codec.base.errors import InputError
+from cca_codec.base.errors import InputError, UsageError
 from cca_codec.base.fileio import STDOUT, read_file, write_output
 
 COLOR_MODES = ("rgb", "gray")
@@ -490,3 +491,20 @@ def _matching_icc(icc_profile: bytes | None, color_mode: str, notes: list[str]) 
     name = space.decode("ascii", "replace").strip() or "unknown"
     notes.append(f"ICC profile for {name} colour dropped: it does not fit {color_mode} pixels")
     return None
+
+
+def output_rgb(decoded: DecodedImage) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of the image as written out (gray: channel 0 replicated)."""
+    if decoded.color_mode == "gray":
+        return np.repeat(decoded.rgb[..., :1], 3, axis=2)
+    return decoded.rgb
+
+
+def find_images(directory: Path, limit: int | None = None) -> list[Path]:
+    """Image files directly in ``directory`` (by suffix, sorted by name), the first ``limit``."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory")
+    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise UsageError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
+    return found[:limit] if limit is not None else found

@@ -30,15 +30,12 @@ stderr, everything to ``--json FILE``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +43,8 @@ from pathlib import Path
 import torch
 
 from cca_codec import __version__
-from cca_codec.base.errors import CodecError, UsageError
+from cca_codec.base.console import say
+from cca_codec.base.errors import UsageError
 from cca_codec.base.fileio import atomic_write, read_file
 from cca_codec.base.timing import (
     CONTAINER_READ,
@@ -59,17 +57,16 @@ from cca_codec.base.timing import (
 )
 from cca_codec.core.checkpoint import LoadedModel, load_model
 from cca_codec.core.codec import decode_image, default_context, encode_image, resolve_device
-from cca_codec.core.precision import PRECISIONS, resolve_precision
+from cca_codec.core.precision import resolve_precision
 from cca_codec.image.io import DecodedImage, SourceImage, load_image, save_image
 from cca_codec.image.metrics import bits_per_pixel, psnr
 
 from . import classical
-from .evaluate import find_images, output_rgb
+from cca_codec.image.io import find_images, output_rgb
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "samples" / "seeding.png"
 """The bundled sample image (present in a source checkout)."""
 
-DEFAULT_COMPARE = "jpeg,webp,avifpil,cwebp,jxl,avif"
 OTHER = "other"
 MIB = 1 << 20
 
@@ -99,10 +96,6 @@ class _Round:
     image: SourceImage
     file_bytes: int
     decoded: DecodedImage
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _one_round(image_path: Path, model: LoadedModel, quality: float, context: str, spec: RunSpec, folder: Path) -> _Round:
@@ -267,7 +260,7 @@ def run_specs(device: str, threads: Sequence[int], precisions: Sequence[str] = (
 
 def image_paths(arguments: Sequence[Path]) -> list[Path]:
     """The images named on the command line: files as given, folders as their image files
-    (`evaluate.find_images`, the folders `ccacodec eval` reads). UsageError when a path is missing
+    (`image.io.find_images`, the folders `ccacodec eval` reads). UsageError when a path is missing
     or a folder has none."""
     paths: list[Path] = []
     for arg in arguments:
@@ -288,7 +281,7 @@ def bench(
     specs: Sequence[RunSpec],
     repeat: int,
     codecs: Sequence[classical.ClassicalCodec],
-    say: Callable[[str], None] = _say,
+    say: Callable[[str], None] = say,
     label: str | None = None,
 ) -> dict:
     """Run the whole benchmark on ``images`` (``label`` names them in the report: default the
@@ -406,72 +399,3 @@ def markdown(report: dict) -> str:
                 f"{_ms(c['encode_s'])} | {_ms(c['decode_s'])} | {ratios} |"
             )
     return "\n".join(lines)
-
-
-def _thread_counts(text: str) -> list[int]:
-    try:
-        counts = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise UsageError(f"--threads must be comma-separated integers, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise UsageError(f"--threads needs thread counts of at least 1, got {text!r}")
-    return counts
-
-
-def _precisions(text: str) -> list[str]:
-    """``--precision``: comma-separated names from PRECISIONS (UsageError otherwise)."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names or any(name not in PRECISIONS for name in names):
-        raise UsageError(f"--precision must be comma-separated names from {', '.join(PRECISIONS)}, got {text!r}")
-    return names
-
-
-def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "images", type=Path, nargs="*", metavar="IMAGE", help="images or folders of images to time (default: the bundled samples/seeding.png)"
-    )
-    p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
-    p.add_argument("-q", "--quality", type=float, default=None, help="quality (default: the model's)")
-    p.add_argument("--context", default=None, choices=["grouped", "checkerboard"], help="context mode (default: the model's)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the CPU runs, plus CUDA when present; cpu: the CPU runs; cuda: the CUDA run only (default: auto)")
-    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts, one run each (default: 1,2)")
-    p.add_argument("--precision", default="auto", help=f"comma-separated transform precisions, one run each ({', '.join(PRECISIONS)}; default: auto)")
-    p.add_argument("--repeat", type=int, default=3, metavar="N", help="timed rounds per run, the median is reported (default: 3)")
-    p.add_argument(
-        "--compare", default=DEFAULT_COMPARE, metavar="CODECS",
-        help=f"comma-separated classical codecs to time on the same image, '' for none (default: {DEFAULT_COMPARE}; "
-        f"available: {','.join(classical.CODECS)})",
-    )
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the full report as JSON here")
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.bench") -> None:
-    """Command-line entry point; errors become one line on stderr and the error's exit code."""
-    args = _parse_args(argv, prog)
-    try:
-        if not args.images and not DEFAULT_IMAGE.is_file():
-            raise UsageError(f"the bundled sample {DEFAULT_IMAGE} is not installed; give an IMAGE")
-        arguments = args.images or [DEFAULT_IMAGE]
-        images = image_paths(arguments)
-        label = str(arguments[0]) if len(arguments) == 1 and arguments[0].is_dir() else None
-        specs = run_specs(args.device, _thread_counts(args.threads), _precisions(args.precision))
-        codecs = classical.available(
-            classical.resolve([key.strip() for key in args.compare.split(",") if key.strip()]), lambda line: _say(f"{prog}: {line}")
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            report = bench(images, args.model, args.quality, args.context, specs, args.repeat, codecs, label=label)
-        if args.json is not None:
-            atomic_write(args.json, (json.dumps(report, indent=2) + "\n").encode())
-    except CodecError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    print(markdown(report))
-    if args.json is not None:
-        _say(f"wrote {args.json}")
-
-
-if __name__ == "__main__":
-    main()

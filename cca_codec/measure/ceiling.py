@@ -56,7 +56,7 @@ def autoencoder_ceiling(model: LoadedModel, images: Sequence[Path], quality: flo
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.ceiling") -> None:
-    from .evaluate import find_images
+    from cca_codec.image.io import find_images
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", type=Path, metavar="DIR", help="folder of images")

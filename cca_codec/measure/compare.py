@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,15 @@ from PIL import Image
 
 from cca_codec.base.errors import InputError, UsageError
 from cca_codec.core.checkpoint import LoadedModel
-from cca_codec.core.codec import decode_image, default_context, encode_image
-from cca_codec.core.ratecontrol import Target, encode_to_target
+from cca_codec.core.codec import decode_image
+from cca_codec.core.files import EncodeOptions, check_options, encode
+from cca_codec.core.ratecontrol import Target
 from cca_codec.image.difference import differing_regions
 from cca_codec.image.io import SourceImage, load_image
 from cca_codec.image.metrics import bits_per_pixel, fidelity
 
 from . import classical
-from .evaluate import output_rgb
+from cca_codec.image.io import output_rgb
 from .report import ZOOM, ImageReport, Region, Version, write_compare_page
 
 SIZE_TOLERANCE = 0.03
@@ -91,8 +93,9 @@ def compare_images(
     if target is not None and target.kind == "psnr":
         raise UsageError("compare matches file sizes: give a quality, a bpp or a size")
     stems = _folder_names(images)
-    q = model.check_quality(model.default_quality if quality is None else quality)
-    mode = context or default_context(model)
+    options = EncodeOptions(quality=quality, target=target, context=context, device=device, precision=precision, effort=effort)
+    checked = check_options(model, options)
+    options = replace(options, quality=checked.quality, context=checked.context)
     out = Path(out_dir)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +106,7 @@ def compare_images(
             image = load_image(path, max_pixels=max_pixels, name=str(path))
             folder = building / stem
             folder.mkdir()
-            report = _compare_one(image, str(path), folder, stem, model, codecs, q, target, mode, device, precision, effort, say)
+            report = _compare_one(image, str(path), folder, stem, model, codecs, options, say)
             reports.append(report)
         write_compare_page(reports, building)
         document = {"images": [r.to_dict() for r in reports]}
@@ -151,12 +154,12 @@ def _publish(building: Path, out: Path) -> None:
 
 def _compare_one(
     image: SourceImage, label: str, folder: Path, stem: str, model: LoadedModel, codecs: Sequence[classical.ClassicalCodec],
-    quality: float, target: Target | None, context: str, device: str, precision: str, effort: int, say: Callable[[str], None],
+    options: EncodeOptions, say: Callable[[str], None],
 ) -> ImageReport:
     """Code one image with ccacodec and every codec at its size; measure; crop the differing regions."""
     original = folder / "original.png"
     Image.fromarray(image.rgb).save(original, compress_level=6)
-    ours, decoded = _code_ours(image, folder, model, quality, target, context, device, precision, effort)
+    ours, decoded = _code_ours(image, folder, model, options)
     versions, outputs = [ours], {OURS: decoded}
     failures = []
     with tempfile.TemporaryDirectory(prefix="cca-compare-") as scratch:
@@ -179,28 +182,26 @@ def _compare_one(
     )
 
 
-def _code_ours(
-    image: SourceImage, folder: Path, model: LoadedModel, quality: float, target: Target | None, context: str,
-    device: str, precision: str, effort: int,
-) -> tuple[Version, np.ndarray]:
-    """ccacodec's file: at ``quality``, or at the quality rate control finds for ``target`` (its
-    chosen file, whose encode time is that of one encode at that quality)."""
+def _code_ours(image: SourceImage, folder: Path, model: LoadedModel, options: EncodeOptions) -> tuple[Version, np.ndarray]:
+    """ccacodec's file: at ``options.quality``, or at the quality rate control finds for
+    ``options.target`` (its chosen file, whose encode time is that of one encode at that quality)."""
     note = None
-    coding = {"context": context, "device": device, "precision": precision, "effort": effort}
-    if target is not None:
-        rate = encode_to_target(image, model, target, **coding)
-        quality, note = rate.quality, f"rate control: {rate.message}"
+    if options.target is not None:
+        searched = encode(image, model, options)
+        assert searched.rate is not None
+        options, note = replace(options, quality=searched.quality, target=None), f"rate control: {searched.rate.message}"
     start = time.perf_counter()
-    data = encode_image(image, model, quality=quality, **coding)
+    data = encode(image, model, options).data
     encode_s = time.perf_counter() - start
     path = folder / f"{OURS}.cca"
     path.write_bytes(data)
     start = time.perf_counter()
-    decoded = decode_image(path.read_bytes(), model, device=device, precision=precision)
+    decoded = decode_image(path.read_bytes(), model, device=options.device, precision=options.precision)
     decode_s = time.perf_counter() - start
     rgb = output_rgb(decoded)
+    quality, effort = options.quality, options.effort
     version = _measured(
-        image, rgb, folder, name=OURS, label=f"ccacodec {model.model_id} ({context})",
+        image, rgb, folder, name=OURS, label=f"ccacodec {model.model_id} ({options.context})",
         setting=f"quality {quality:g}" + (f", effort {effort}" if effort > 1 else ""),
         file_bytes=len(data), encode_s=encode_s, decode_s=decode_s, file=path,
     )

@@ -1,6 +1,6 @@
 """Rate-distortion evaluation: real `.cca` files, measured as the anchors are.
 
-    python -m cca_codec.measure.evaluate DIR --model ID|DIR --qualities 1,2,3 \\
+    ccacodec eval DIR --model ID|DIR --qualities 1,2,3 \\
         --context grouped,checkerboard --device cpu --limit N --out OUTDIR \\
         --compare jpeg,jpeg420,webp,avif,jxl,heic \\
         --anchor FILE [--anchor FILE ...] [--plot rd.png] [--html report.html]
@@ -32,13 +32,13 @@ page (:func:`write_html_report`), with 1:1 crops of the first image as each curv
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from cca_codec import __version__
-from cca_codec.base.errors import CodecError, UsageError
+from cca_codec.base.console import say
+from cca_codec.base.errors import UsageError
 from cca_codec.base.fileio import atomic_write
 from cca_codec.core.checkpoint import LoadedModel, load_model
 from cca_codec.core.codec import decode_image, default_context, encode_image
 from cca_codec.format.container import container_overhead, read_container
 from cca_codec.image.difference import differing_regions
-from cca_codec.image.io import IMAGE_SUFFIXES, DecodedImage, SourceImage, load_image
+from cca_codec.image.io import SourceImage, find_images, load_image, output_rgb
 from cca_codec.image.metrics import MS_SSIM_MIN_SIDE, SSIMULACRA2_MIN_SIDE, bits_per_pixel, fidelity
 
 from . import classical
@@ -61,8 +62,6 @@ from .curves import (
     QUALITY_COLUMNS,
     bd_cells,
     bd_table,
-    markdown_bd_table,
-    markdown_table,
     plot_rd,
     quality_rows,
     rd_svg,
@@ -79,13 +78,6 @@ CLASSICAL_KEYS = tuple(key for key in RESULT_KEYS if key != "bpp-payload")
 """Keys of a classical codec's ``results`` (its file has no container overhead to subtract)."""
 
 _WARMUP_SIDE = 64
-
-
-def output_rgb(decoded: DecodedImage) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of the image as written out (gray: channel 0 replicated)."""
-    if decoded.color_mode == "gray":
-        return np.repeat(decoded.rgb[..., :1], 3, axis=2)
-    return decoded.rgb
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -118,11 +110,6 @@ def _image_names(images: Sequence[Path]) -> list[str]:
     if len(set(names)) != len(names):
         raise UsageError("image file names must be unique (they key the per-image results)")
     return names
-
-
-def _say(line: str) -> None:
-    """Print a line on stderr without breaking a progress bar."""
-    tqdm.write(line, file=sys.stderr)
 
 
 def _empty_record(image: SourceImage, keys: Sequence[str] = RESULT_KEYS) -> dict:
@@ -258,7 +245,7 @@ def evaluate_classical(
     codecs: Sequence[classical.ClassicalCodec],
     progress: bool = True,
     workdir: Path | None = None,
-    say: Callable[[str], None] = _say,
+    say: Callable[[str], None] = say,
 ) -> dict[str, dict]:
     """Code every image with every classical codec over its sweep; measure as :func:`evaluate` does.
 
@@ -340,6 +327,69 @@ def write_results(results: dict[str, dict], out_dir: Path) -> list[Path]:
     return paths
 
 
+@dataclass
+class FolderEvaluation:
+    """What :func:`evaluate_folder` measured: our curves (``results``, one per context mode), the
+    classical codecs' (``compared``), the BD-rate rows (empty without anchors or codecs) and the
+    files written, in order."""
+
+    results: dict[str, dict]
+    compared: dict[str, dict]
+    bd_rows: list[dict]
+    written: list[Path] = field(default_factory=list)
+
+
+def evaluate_folder(
+    directory: Path,
+    out: Path,
+    *,
+    model: str | None = None,
+    qualities: Sequence[float] | None = None,
+    contexts: Sequence[str] | None = None,
+    codecs: Sequence[str] = (),
+    anchors: Sequence[Path] = (),
+    limit: int | None = None,
+    device: str = "cpu",
+    plot: Path | None = None,
+    html: Path | None = None,
+    workdir: Path | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = say,
+) -> FolderEvaluation:
+    """``ccacodec eval``: the images of ``directory`` (the first ``limit``) through model ``model``
+    (id or directory; default: the default model) at ``qualities`` (default: its integer
+    qualities) and ``contexts`` (default: its default mode), the classical ``codecs`` that are
+    installed (the others skipped with a line through ``say``), results JSON and BD-rate table in
+    ``out``, an RD plot (``plot``) and an HTML page (``html``) when asked.
+
+    Raises:
+        UsageError: an anchor file that does not read as a curve, a missing or empty folder, a
+        quality the model does not code, an unknown codec or context mode.
+    """
+    for anchor in anchors:
+        try:
+            load_curve(anchor)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"anchor {anchor}: {exc}") from None
+    images = find_images(directory, limit)
+    available = classical.available(classical.resolve(list(codecs)), say)
+    loaded = load_model(model)
+    qs = list(qualities) if qualities else [float(q.quality) for q in loaded.qualities]
+    modes = list(contexts) if contexts else [default_context(loaded)]
+    results = evaluate(images, loaded, qs, modes, device=device, progress=progress, workdir=workdir)
+    compared = evaluate_classical(images, available, progress=progress, workdir=workdir, say=say) if available else {}
+    report = FolderEvaluation(results, compared, bd_table(results, list(anchors), compared) if anchors or compared else [])
+    report.written = write_results(results, out) + write_results(compared, out)
+    if report.bd_rows:
+        report.written.append(write_bd_table(report.bd_rows, out))
+    if plot is not None:
+        plot_rd(results, list(anchors), plot, compared)
+        report.written.append(plot)
+    if html is not None:
+        report.written.append(write_html_report(html, results, list(anchors), compared, available, images[0], loaded, device=device))
+    return report
+
+
 STRIP_SIDE = 256
 """Side in pixels of the 1:1 crops in the eval page's strip."""
 
@@ -385,7 +435,7 @@ def write_html_report(
             try:
                 rgb = codec.run(source, setting, Path(tmp) / f"strip{codec.suffix}").rgb
             except classical.ToolFailure as exc:
-                _say(f"strip: {codec.key} skipped: {exc}")
+                say(f"strip: {codec.key} skipped: {exc}")
                 continue
             coded.append((codec.name, f"{codec.setting_name} {setting:g}", per["bpp"][j], per["psnr-rgb"][j], rgb))
     side = min(STRIP_SIDE, image.width, image.height)
@@ -414,93 +464,3 @@ def write_html_report(
         path, f"ccacodec eval: {model.model_id}", description, rd_svg(results, anchor_paths, compared), tables,
         f"{name} at a middle rate, 1:1 crops ({side}x{side} px at ({left}, {top}), where the decodings differ most)", strip,
     )
-
-
-def find_images(directory: Path, limit: int | None = None) -> list[Path]:
-    """Image files directly in ``directory`` (by suffix, sorted by name), the first ``limit``."""
-    if not directory.is_dir():
-        raise UsageError(f"{directory} is not a directory")
-    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise UsageError(f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
-    return found[:limit] if limit is not None else found
-
-
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directory", type=Path, metavar="DIR", help="folder of images (png, jpg, ...)")
-    p.add_argument("--model", default=None, help="model id or model directory (default: the default model)")
-    p.add_argument("--qualities", default=None, help="comma-separated qualities (default: every integer quality)")
-    p.add_argument("--context", default=None, help="comma-separated context modes: grouped, checkerboard (default: the model's default)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--out", type=Path, required=True, help="folder for the results JSON files")
-    p.add_argument(
-        "--compare", default=None, metavar="CODECS",
-        help=f"comma-separated classical codecs to run on the same images: {','.join(classical.CODECS)}",
-    )
-    p.add_argument("--anchor", type=Path, action="extend", nargs="+", default=[], metavar="FILE", help="anchor results JSON (repeatable)")
-    p.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write an RD plot here")
-    p.add_argument(
-        "--html", type=Path, default=None, metavar="FILE",
-        help="write the report as one self-contained HTML page: plot, tables, crops of the first image at a middle rate",
-    )
-    p.add_argument("--workdir", type=Path, default=None, help="keep the .cca files here (default: a temporary folder)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    args = p.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be at least 1")
-    return args
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "python -m cca_codec.measure.evaluate") -> None:
-    """Command-line entry point; errors become one line on stderr and the error's exit code."""
-    args = _parse_args(argv, prog)
-    try:
-        for anchor in args.anchor:
-            try:
-                load_curve(anchor)
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"anchor {anchor}: {exc}") from None
-        images = find_images(args.directory, args.limit)
-        codecs = classical.available(classical.resolve(_comma_list(args.compare or "")), lambda line: _say(f"{prog}: {line}"))
-        model = load_model(args.model)
-        try:
-            qualities = [float(q) for q in _comma_list(args.qualities)] if args.qualities else [
-                float(q.quality) for q in model.qualities
-            ]
-        except ValueError:
-            raise UsageError(f"--qualities must be comma-separated numbers, got {args.qualities!r}") from None
-        contexts = _comma_list(args.context) if args.context else [default_context(model)]
-        results = evaluate(images, model, qualities, contexts, device=args.device, progress=not args.no_progress, workdir=args.workdir)
-        compared = evaluate_classical(
-            images, codecs, progress=not args.no_progress, workdir=args.workdir, say=lambda line: _say(f"{prog}: {line}")
-        ) if codecs else {}
-        written = write_results(results, args.out) + write_results(compared, args.out)
-        print(markdown_table(results))
-        if compared:
-            print()
-            print(markdown_table(compared, label="codec"))
-        if args.anchor or compared:
-            rows = bd_table(results, args.anchor, compared)
-            print()
-            print(markdown_bd_table(rows))
-            written.append(write_bd_table(rows, args.out))
-        if args.plot is not None:
-            plot_rd(results, args.anchor, args.plot, compared)
-            written.append(args.plot)
-        if args.html is not None:
-            written.append(write_html_report(args.html, results, args.anchor, compared, codecs, images[0], model, device=args.device))
-    except CodecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    for path in written:
-        print(f"wrote {path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

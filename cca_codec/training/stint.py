@@ -51,7 +51,7 @@ def stint_summary(recs: list[dict], since_step: int, threads: int, end: dict | N
 
 def kodak_check(model_dir: Path, kodak: Path, out: Path, limit: int | None = None) -> Path:
     """Kodak, every quality, checkerboard, through the real codec (`ccacodec eval`); returns the curve file."""
-    args = [sys.executable, "-m", "cca_codec.measure.evaluate", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
+    args = [sys.executable, "-m", "cca_codec", "eval", str(kodak), "--model", str(model_dir), "--context", "checkerboard",
             "--out", str(out), "--no-progress"]
     if limit:
         args += ["--limit", str(limit)]
@@ -200,7 +200,7 @@ def kodak_ceiling(model_dir: Path, kodak: Path, limit: int | None = None) -> flo
     """The reconstruction ceiling (`cca_codec.measure.ceiling`) at the model's top quality over the Kodak images."""
     from cca_codec.core.checkpoint import load_model
     from cca_codec.measure.ceiling import autoencoder_ceiling
-    from cca_codec.measure.evaluate import find_images
+    from cca_codec.image.io import find_images
 
     return round(autoencoder_ceiling(load_model(model_dir), find_images(kodak, limit)), 3)
 
