@@ -223,7 +223,7 @@ def test_anchor_takes_several_files_at_once(models_env, tmp_path):
         "--anchor", anchors[0], anchors[1], "--anchor", anchors[2], "--no-progress",
     )
     assert result.exit_code == 0, result.output
-    bd = json.loads((tmp_path / "out" / ev.BD_FILE).read_text())
+    bd = json.loads((tmp_path / "out" / curves.BD_FILE).read_text())
     assert [Path(row["anchor_file"]).name for row in bd["rows"]] == ["first.json", "second.json", "third.json"]
 
 
