@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -336,7 +336,7 @@ class FolderEvaluation:
     results: dict[str, dict]
     compared: dict[str, dict]
     bd_rows: list[dict]
-    written: list[Path] = field(default_factory=list)
+    written: list[Path]
 
 
 def evaluate_folder(
@@ -378,16 +378,16 @@ def evaluate_folder(
     modes = list(contexts) if contexts else [default_context(loaded)]
     results = evaluate(images, loaded, qs, modes, device=device, progress=progress, workdir=workdir)
     compared = evaluate_classical(images, available, progress=progress, workdir=workdir, say=say) if available else {}
-    report = FolderEvaluation(results, compared, bd_table(results, list(anchors), compared) if anchors or compared else [])
-    report.written = write_results(results, out) + write_results(compared, out)
-    if report.bd_rows:
-        report.written.append(write_bd_table(report.bd_rows, out))
+    bd_rows = bd_table(results, list(anchors), compared) if anchors or compared else []
+    written = write_results(results, out) + write_results(compared, out)
+    if bd_rows:
+        written.append(write_bd_table(bd_rows, out))
     if plot is not None:
         plot_rd(results, list(anchors), plot, compared)
-        report.written.append(plot)
+        written.append(plot)
     if html is not None:
-        report.written.append(write_html_report(html, results, list(anchors), compared, available, images[0], loaded, device=device))
-    return report
+        written.append(write_html_report(html, results, list(anchors), compared, available, images[0], loaded, device=device))
+    return FolderEvaluation(results, compared, bd_rows, written)
 
 
 STRIP_SIDE = 256
