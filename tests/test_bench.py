@@ -84,6 +84,11 @@ def test_bench_command_writes_every_stage(models_env, make_image, tmp_path):
     assert "| encode stage (ms) | cpu, 1 thread | cpu, 2 threads |" in stdout
     assert "| entropy parameters 10 |" in stdout and "| g_s |" in stdout
     assert "| jpeg (Pillow" in stdout
+    # what the figures depend on: the CPU, its instruction sets, the limits the process set, the precision
+    env = report["environment"]
+    assert env["torch_capability"] and isinstance(env["native_bf16"], bool) and isinstance(env["flags"], list)
+    assert f"CPU: {env['cpu']} (" in stdout and ("native bf16" in stdout)
+    assert all(run["precision"] in ("bf16", "fp32-fast", "fp32") for run in report["runs"])
 
 
 def test_bench_skips_missing_tools(models_env, make_image, tmp_path, monkeypatch):

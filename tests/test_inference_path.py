@@ -83,3 +83,8 @@ def test_precision_names_are_checked():
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(UsageError, match="native bf16"):
         resolve_precision("bf16", torch.device("meta"))
+    with pytest.raises(UsageError, match="oneDNN"):
+        resolve_precision("fp32-fast", torch.device("meta"))
+    if torch.backends.mkldnn.is_available():
+        assert resolve_precision("fp32-fast", torch.device("cpu")) == "fp32-fast"
+        assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32-fast")

@@ -72,7 +72,7 @@ def torch_modules() -> tuple[ModuleType, ModuleType]:
 
 # ------------------------------------------------------------------------------- options
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32-fast", "fp32")
 """cca_codec.core.precision.PRECISIONS (not imported: it needs torch; a test checks they agree)."""
 CLASSICAL_CODECS = ("jpeg", "jpeg420", "webp", "avifpil", "cwebp", "avif", "jxl", "heic")
 """The keys of cca_codec.measure.classical.CODECS, for help texts (a test checks they agree)."""
@@ -93,7 +93,8 @@ device_option = click.option(
 )
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-    help="How the image transforms run: bf16 (fast, on a CPU with native bf16), fp32 (exact), auto: bf16 where native.",
+    help="How the image transforms run: bf16 (on a CPU with native bf16), fp32-fast (float32 through oneDNN, CPU), "
+    "fp32 (exact, the same pixels on every CPU); auto: bf16 where native, else fp32-fast on the CPU, else fp32.",
 )
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), metavar="N", help="CPU threads torch may use (default: torch's choice)."

@@ -313,7 +313,7 @@ def encode_image(
     `tile`: core tile size in pixels (a multiple of 64), 0 for one tile, None to tile images
     over `tiling.AUTO_TILE_PIXELS` automatically. Tiles are coded one at a time, each over its
     core plus an overlap (see cca_codec.format.tiling), so memory is bounded by the tile size.
-    `precision`: how g_a runs (cca_codec.core.precision: auto, bf16 or fp32).
+    `precision`: how g_a runs (cca_codec.core.precision: auto, bf16, fp32-fast or fp32).
     `timer` gets the coding stages and container write (see cca_codec.base.timing).
     """
     q = model.check_quality(model.default_quality if quality is None else quality)
@@ -395,7 +395,7 @@ def decode_image(
     """Decompress `.cca` bytes. Without `model`, the model named in the file is loaded.
     `timer` gets container read and the decoding stages (see cca_codec.base.timing).
 
-    `precision`: how g_s runs (cca_codec.core.precision: auto, bf16 or fp32).
+    `precision`: how g_s runs (cca_codec.core.precision: auto, bf16, fp32-fast or fp32).
     `max_pixels` bounds width * height (checked from the header before anything is allocated).
     Tiles are decoded one at a time and blended into a uint8 image.
     """

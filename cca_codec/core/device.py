@@ -1,5 +1,7 @@
-"""The torch device a command runs on, from its --device option."""
+"""The torch device a command runs on, from its --device option, and what the CPU offers the transforms."""
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -27,3 +29,42 @@ def resolve_device(option: str = "auto", local_rank: int | None = None, *, any_d
             raise UsageError(f"--device {option}: under torchrun every rank uses cuda:LOCAL_RANK; pass --device cuda")
         device = torch.device("cuda", local_rank)
     return device
+
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx_vnni")
+"""The instruction-set flags (/proc/cpuinfo names) that decide which kernels the transforms get."""
+
+
+def cpu_features() -> dict:
+    """What this CPU offers the transforms, and what the process lets them use: the CPU's model
+    name and which of CPU_FLAGS it has (Linux; empty elsewhere), torch's CPU capability (its own
+    kernels; ATEN_CPU_CAPABILITY lowers it), oneDNN's ISA limit (ONEDNN_MAX_CPU_ISA, unset: the
+    CPU's best), and whether oneDNN computes bf16 natively (what `--precision auto` asks)."""
+    model, flags = "unknown", set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    onednn = torch.backends.mkldnn.is_available()
+    return {
+        "cpu": model,
+        "flags": [f for f in CPU_FLAGS if f in flags],
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        "onednn": onednn,
+        "native_bf16": bool(onednn and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
+
+
+def describe_cpu(features: dict) -> str:
+    """One line for a report: 'AMD EPYC (avx2 fma avx512f avx512_bf16); torch kernels AVX2, oneDNN
+    held to AVX2, no native bf16'."""
+    limit = f"oneDNN held to {features['onednn_isa_limit']}" if features["onednn_isa_limit"] else "oneDNN unrestricted"
+    bf16 = "native bf16" if features["native_bf16"] else "no native bf16"
+    return f"{features['cpu']} ({' '.join(features['flags']) or 'no flags read'}); torch kernels {features['torch_capability']}, {limit}, {bf16}"

@@ -1,13 +1,13 @@
 """Speed benchmark: per-stage timing of encode and decode, beside classical codecs on the same image.
 
     ccacodec bench [IMAGE|DIR ...] [--model ID|DIR] [-q Q] [--context MODE] [--device auto|cpu|cuda]
-        [--threads 1,2] [--precision auto,fp32,bf16] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
+        [--threads 1,2] [--precision auto,bf16,fp32-fast,fp32] [--repeat N] [--compare jpeg,webp,cwebp,jxl,avif] [--json FILE]
 
 IMAGE defaults to the bundled samples/seeding.png; several images, or a folder (its image files,
 sorted, as ``ccacodec eval`` reads them), are timed one after another and reported as medians over
 the images. One *run* per CPU thread count (``--threads``)
 and, when a GPU is present (``--device auto|cuda``), one on CUDA, each once per transform
-precision (``--precision``, cca_codec.core.precision; default auto, the CLI's default). A run does one untimed
+precision (``--precision``, cca_codec.core.precision; default auto, the CLI's default; the report names the CPU, the instruction sets it offers and the limits set on them: cca_codec.core.device.cpu_features). A run does one untimed
 warm-up round on the first image (moving the network to the device, building the coding
 tables), then ``--repeat`` timed rounds per image of the file-to-file path a user sees:
 
@@ -57,6 +57,7 @@ from cca_codec.base.timing import (
 )
 from cca_codec.core.checkpoint import LoadedModel, load_model
 from cca_codec.core.codec import decode_image, default_context, encode_image, resolve_device
+from cca_codec.core.device import cpu_features, describe_cpu
 from cca_codec.core.precision import resolve_precision
 from cca_codec.image.io import DecodedImage, SourceImage, load_image, save_image
 from cca_codec.image.metrics import bits_per_pixel, psnr
@@ -329,8 +330,10 @@ def bench(
 
 
 def _environment() -> dict:
-    """What the timings depend on: versions, CPU count, GPU name."""
+    """What the timings depend on: versions, the CPU and its usable instruction sets
+    (cca_codec.core.device.cpu_features), CPU count, GPU name."""
     return {
+        **cpu_features(),
         "ccacodec": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -370,6 +373,8 @@ def markdown(report: dict) -> str:
         f"{report['image']}: {size} ({report['megapixels']:.2f} MP{' on average' if count > 1 else ''}); model "
         f"{report['model']}, quality {report['quality']:g}, {report['context']}: {mean}{runs[0]['bpp']:.3f} bpp, "
         f"{runs[0]['psnr_rgb']:.2f} dB; {over}; model load {report['model_load_s']:.2f} s",
+        "",
+        f"CPU: {describe_cpu(report['environment'])}",
         "",
         "| run | encode (s) | decode (s) | encode MP/s | decode MP/s | warm-up round (s) | peak RSS (MiB) | peak CUDA (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -35,7 +35,7 @@ from torch import nn
 from cca_codec.base.errors import UsageError
 from cca_codec.core.checkpoint import export_weights, load_model
 from cca_codec.core.device import resolve_device
-from cca_codec.core.precision import FAST, PRECISIONS, resolve_precision
+from cca_codec.core.precision import FAST, TRAINING_PRECISIONS, resolve_precision
 from cca_codec.nn.aux import AuxEntropyModel
 from cca_codec.nn.config import ModelConfig, get_config
 from cca_codec.nn.loss import CCA_VARIANTS, CCALoss, LossTerms
@@ -99,8 +99,8 @@ class TrainOptions:
 def autocast_bf16(precision: str, device: torch.device) -> bool:
     """Whether a run trains under bf16 autocast: `bf16`, or `auto` on a GPU or on a CPU with native
     bf16 (AMX, AVX512-BF16: 1.5-3x float32's steps per second there); `fp32` never."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in TRAINING_PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: use one of {', '.join(TRAINING_PRECISIONS)}")
     if precision == "auto":
         return device.type == "cuda" or resolve_precision("auto", device) == FAST
     return precision == FAST
@@ -477,7 +477,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m cca_codec.t
         elif isinstance(value, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help="default: %(default)s")
         elif name == "precision":
-            p.add_argument(flag, choices=PRECISIONS, default=value, help="bf16 autocast, or float32; auto (default): bf16 where it is fast")
+            p.add_argument(flag, choices=TRAINING_PRECISIONS, default=value, help="bf16 autocast, or float32; auto (default): bf16 where it is fast")
         elif name == "variant":
             p.add_argument(flag, choices=CCA_VARIANTS, default=value, help="default: %(default)s")
         elif name == "schedule":
