@@ -159,3 +159,17 @@ def test_bench_refuses_a_folder_without_images(models_env, tmp_path):
     assert result.exit_code == UsageError.exit_code
     assert f"no images ({' '.join(sorted(IMAGE_SUFFIXES))}) in {tmp_path}" in result.stderr
     assert ".png" in IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
+
+
+def test_cpu_features_name_the_limits_the_process_set(monkeypatch):
+    from cca_codec.core.device import CPU_FLAGS, cpu_features, describe_cpu
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    held = cpu_features()
+    assert held["onednn_isa_limit"] == "AVX2" and set(held["flags"]) <= set(CPU_FLAGS)
+    assert "oneDNN held to AVX2" in describe_cpu(held)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    free = cpu_features()
+    assert free["onednn_isa_limit"] is None and "oneDNN unrestricted" in describe_cpu(free)
+    assert describe_cpu(free).startswith(free["cpu"])
