@@ -7,8 +7,9 @@ docs/FORMAT.md, *Numeric determinism*), so the precision never changes which tab
 * ``fp32``: the exact path, float32 in contiguous (NCHW) layout; g_s without oneDNN on the CPU,
   whose NCHW float32 convolutions sum in an order that depends on the thread count. Decoded
   pixels are the same on every CPU we test (instruction sets, BLAS core types, thread counts).
-* ``fp32-fast``: float32 with channels-last weights and activations through oneDNN, 2-3x faster
-  than ``fp32`` on a CPU without native bf16 (AVX2). oneDNN's channels-last kernels sum each
+* ``fp32-fast``: float32 with channels-last weights and activations through oneDNN: on a CPU
+  without native bf16 (held to AVX2) g_s about 2.8x and g_a 1.5x faster than ``fp32``'s (docs/RESULTS.md,
+  *Speed on a CPU without bf16*). oneDNN's channels-last kernels sum each
   output in an order fixed by the instruction set, not by the thread count: decoded pixels do not
   depend on the thread count, and differ from ``fp32``'s only where a float32 rounding difference
   crosses a grey level (a handful of pixels by one level; tested). CPU only.
