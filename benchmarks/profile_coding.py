@@ -61,6 +61,11 @@ def layer_groups(transform: nn.Module) -> dict[str, str]:
     return groups
 
 
+def is_block(group: str) -> bool:
+    """Whether a group of `layer_groups` is a whole block (`blocks.s / NAFBlock`), not one of its layers."""
+    return " / " in group and "." not in group.split(" / ")[1]
+
+
 def time_layers(transform: nn.Module, x: torch.Tensor, repeat: int) -> dict[str, float]:
     """Median seconds per call of `transform(x)` spent in each layer group; a block's own work
     (outside its leaf modules) appears as `<block>.(own)`."""
@@ -85,7 +90,7 @@ def time_layers(transform: nn.Module, x: torch.Tensor, repeat: int) -> dict[str,
             h.remove()
     median = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
     # a block's inclusive time minus its leaves' = what the block's forward does itself
-    for block in {g for g in median if " / " in g and "." not in g.split(" / ")[1]}:
+    for block in [g for g in median if is_block(g)]:
         leaves = sum(v for g, v in median.items() if g.startswith(block + "."))
         median[block + ".(own)"] = median.pop(block) - leaves
     return median
@@ -100,7 +105,7 @@ def layer_macs(transform: nn.Module, x: torch.Tensor) -> dict[str, float]:
     macs: dict[str, float] = collections.defaultdict(float)
     for name, per_op in counter.get_flop_counts().items():
         path = name[len(prefix):] if name.startswith(prefix) else None
-        if path in groups and not (" / " in groups[path] and "." not in groups[path].split(" / ")[1]):
+        if path in groups and not is_block(groups[path]):
             macs[groups[path]] += sum(per_op.values()) / 2
     return macs
 

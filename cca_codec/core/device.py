@@ -31,6 +31,12 @@ def resolve_device(option: str = "auto", local_rank: int | None = None, *, any_d
     return device
 
 
+def native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AMX, AVX512-BF16; never above the
+    ONEDNN_MAX_CPU_ISA limit): what makes bf16 transforms fast here."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx_vnni")
 """The instruction-set flags (/proc/cpuinfo names) that decide which kernels the transforms get."""
 
@@ -51,14 +57,13 @@ def cpu_features() -> dict:
                 break
     except OSError:
         pass
-    onednn = torch.backends.mkldnn.is_available()
     return {
         "cpu": model,
         "flags": [f for f in CPU_FLAGS if f in flags],
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
-        "onednn": onednn,
-        "native_bf16": bool(onednn and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "onednn": torch.backends.mkldnn.is_available(),
+        "native_bf16": native_bf16(),
     }
 
 

@@ -33,6 +33,8 @@ from torch import nn
 
 from cca_codec.base.errors import UsageError
 
+from .device import native_bf16
+
 FAST, FAST_FP32, EXACT = "bf16", "fp32-fast", "fp32"
 PRECISIONS = ("auto", FAST, FAST_FP32, EXACT)
 TRAINING_PRECISIONS = ("auto", FAST, EXACT)
@@ -46,7 +48,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     onednn = device.type == "cpu" and torch.backends.mkldnn.is_available()
-    native = onednn and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = onednn and native_bf16()
     if precision == "auto":
         return FAST if native else FAST_FP32 if onednn else EXACT
     if precision == FAST and not native:
