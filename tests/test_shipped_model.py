@@ -5,6 +5,7 @@ default model is missing, corrupt, or untrained (qualities that do not trade rat
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from cca_codec.cli import cli
 from cca_codec.core.checkpoint import DEFAULT_MODEL_ID, available_models, earlier_weights, load_model
 from cca_codec.core.codec import decode_image, encode_image
-from cca_codec.image.io import load_image
+from cca_codec.image.io import encode_png, load_image
 from cca_codec.image.metrics import bits_per_pixel, psnr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,20 @@ def test_qualities_trade_rate_for_fidelity(shipped, crop_path, context):
     assert rates[0] < rates[1] < rates[2], points
     assert fidelities[0] < fidelities[1] < fidelities[2], points
     assert fidelities[2] - fidelities[0] > 2.0, points
+
+
+def test_decoded_png_is_about_as_small_as_pillows_default(shipped):
+    """The PNG writer (cca_codec.image.png) on a real decoded photo: smaller than Pillow's default PNG
+    (zlib level 6, what dwebp and djxl write) by at most 2 % (1.8 % smaller on decoded Kodak images,
+    0.9 % larger on this one); pixels exact."""
+    image = load_image(str(SAMPLE))
+    decoded = decode_image(encode_image(image, shipped, quality=4, device="cpu"), shipped, device="cpu")
+    ours = encode_png(decoded, threads=2)
+    pillow = io.BytesIO()
+    decoded.to_pil().save(pillow, format="PNG")
+    assert len(ours) < 1.02 * len(pillow.getvalue())
+    with Image.open(io.BytesIO(ours)) as back:
+        np.testing.assert_array_equal(np.asarray(back.convert("RGB")), decoded.rgb)
 
 
 def test_encode_without_flags_uses_the_shipped_model(tmp_path, shipped):

@@ -83,6 +83,14 @@ def leave_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS keeps one, else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def set_torch_threads(threads: int | None) -> None:
     """Let torch use ``threads`` CPU threads: intra-op and, when still possible (once per process,
     before any parallel work), inter-op. None leaves torch's own choice; torch is imported only then."""

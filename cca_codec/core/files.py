@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cca_codec.base.errors import UsageError
 from cca_codec.base.fileio import STDIN, read_input, write_output
 from cca_codec.format.container import DEFAULT_MAX_PIXELS, read_container
@@ -237,5 +239,5 @@ def decode_file(
     start = time.perf_counter()
     image = decode_image(data, model, device=device, max_pixels=max_pixels, precision=precision)
     seconds = time.perf_counter() - start
-    save_image(image, dst, overwrite=overwrite)
+    save_image(image, dst, overwrite=overwrite, threads=torch.get_num_threads())
     return DecodedFile(image, seconds)

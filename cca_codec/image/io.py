@@ -23,6 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cca_codec.base.errors import InputError, UsageError
 from cca_codec.base.fileio import STDOUT, read_file, write_output
+from cca_codec.base.runtime import usable_cpus
+from cca_codec.image.png import png_bytes
 
 COLOR_MODES = ("rgb", "gray")
 """Values of ``color_mode``: ``"gray"`` means the image is restored as one channel."""
@@ -42,21 +44,15 @@ _REDUCED_16 = "16-bit input reduced to 8 bits per channel"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".gif"})
 """File name suffixes (lower case) that the tools take as images when they scan a folder (evaluation,
 `encode-dataset`, the training pack); `load_image` reads them all."""
-PNG_OPTIONS: dict[str, object] = {"compress_level": 4}
-"""zlib level 4: files within 0.3 % of level 6's (what dwebp and djxl write: both leave libpng at its
-default) in half the time. Pillow's wheels deflate with zlib-ng, whose levels 4-6 share one
-strategy; on decoded Kodak images level 6 took 125 ms and level 4 58 ms, while level 3 (a faster
-strategy) gave 6 % larger files (docs/RESULTS.md)."""
-
 _SAVE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
-    ".png": ("PNG", PNG_OPTIONS),
+    ".png": ("PNG", {}),  # written by cca_codec.image.png, not by Pillow
     ".bmp": ("BMP", {}),
     ".ppm": ("PPM", {}),
     ".tif": ("TIFF", {}),
     ".tiff": ("TIFF", {}),
     ".webp": ("WEBP", {"lossless": True, "exact": True}),
 }
-_METADATA_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
+_METADATA_FORMATS = frozenset({"TIFF", "WEBP"})
 _OPAQUE_FORMATS = frozenset({"BMP", "PPM"})
 
 _Planes = tuple[np.ndarray, "np.ndarray | None", int]
@@ -125,11 +121,16 @@ class DecodedImage:
         ):
             raise ValueError(f"alpha must be {self.rgb.shape[:2]} uint8, not {self.alpha.shape}")
 
-    def to_pil(self) -> Image.Image:
-        """The image as Pillow mode ``"L"``, ``"LA"``, ``"RGB"`` or ``"RGBA"``."""
+    def channels(self) -> np.ndarray:
+        """(H, W, C) uint8 as written out: C = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA."""
         channels = self.rgb[..., :1] if self.color_mode == "gray" else self.rgb
         if self.alpha is not None:
             channels = np.concatenate([channels, self.alpha[..., None]], axis=2)
+        return channels
+
+    def to_pil(self) -> Image.Image:
+        """The image as Pillow mode ``"L"``, ``"LA"``, ``"RGB"`` or ``"RGBA"``."""
+        channels = self.channels()
         if channels.shape[2] == 1:
             channels = channels[..., 0]
         return Image.fromarray(np.ascontiguousarray(channels))
@@ -199,23 +200,27 @@ def _normalise(
     )
 
 
-def encode_png(img: DecodedImage) -> bytes:
-    """PNG file bytes of ``img``, with its ICC profile and EXIF embedded."""
-    return _encode(img, "PNG", PNG_OPTIONS)
+def encode_png(img: DecodedImage, threads: int | None = None) -> bytes:
+    """PNG file bytes of ``img``, with its ICC profile and EXIF embedded (:func:`cca_codec.image.png.png_bytes`,
+    deflated in up to ``threads`` parallel bands; None: as many as the process has CPUs)."""
+    return png_bytes(
+        img.channels(), icc_profile=img.icc_profile, exif=img.exif, threads=threads or usable_cpus()
+    )
 
 
-def save_image(img: DecodedImage, path: str, *, overwrite: bool = True) -> None:
+def save_image(img: DecodedImage, path: str, *, overwrite: bool = True, threads: int | None = None) -> None:
     """Write ``img`` to ``path`` atomically, in the format its extension names.
 
     ``"-"`` writes PNG to standard output. Supported extensions: .png .bmp .ppm .tif
     .tiff .webp (lossless). ICC profile and EXIF are embedded in PNG, TIFF and WebP.
+    ``threads``: CPU threads for writing PNG (:func:`encode_png`).
 
     Raises:
         InputError: unknown extension, alpha for BMP or PPM, ``path`` exists and ``overwrite``
             is False, or the file cannot be written.
     """
     if path == STDOUT:
-        write_output(STDOUT, encode_png(img))
+        write_output(STDOUT, encode_png(img, threads))
         return
     extension = os.path.splitext(path)[1].lower()
     if extension not in _SAVE_FORMATS:
@@ -227,7 +232,8 @@ def save_image(img: DecodedImage, path: str, *, overwrite: bool = True) -> None:
     fmt, options = _SAVE_FORMATS[extension]
     if fmt in _OPAQUE_FORMATS and img.alpha is not None:
         raise InputError(f"{path}: {fmt} cannot store transparency; use .png, .tif or .webp")
-    write_output(path, _encode(img, fmt, options), overwrite=overwrite)
+    data = encode_png(img, threads) if fmt == "PNG" else _encode(img, fmt, options)
+    write_output(path, data, overwrite=overwrite)
 
 
 def _encode(img: DecodedImage, fmt: str, options: dict[str, object]) -> bytes:

@@ -118,7 +118,7 @@ def _one_round(image_path: Path, model: LoadedModel, quality: float, context: st
         stored = read_file(cca_path)
     decoded = decode_image(stored, model, device=device.type, precision=precision, timer=dec)
     with dec.stage(IMAGE_WRITE):
-        save_image(decoded, str(png_path))
+        save_image(decoded, str(png_path), threads=torch.get_num_threads())
     decode_s = time.perf_counter() - start
     return _Round(enc, encode_s, dec, decode_s, image, len(data), decoded)
 
