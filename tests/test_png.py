@@ -108,8 +108,6 @@ def test_a_failing_band_raises_in_the_caller(monkeypatch):
             raise MemoryError("band")
         return average_filtered(rows, bpp, start, stop)
 
-    original = png.average_filtered
     monkeypatch.setattr(png, "average_filtered", broken)
     with pytest.raises(MemoryError, match="band"):
         png_bytes(RNG.integers(0, 256, size=(40, 30, 3), dtype=np.uint8), threads=2)
-    monkeypatch.setattr(png, "average_filtered", original)

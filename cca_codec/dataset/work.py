@@ -168,7 +168,7 @@ class DecodeWorker(_FileWorker):
         s = self.settings
         # The whole container is checked first, as `ccacodec decode` does: a corrupt file is exit 4.
         header, image = decode(data, self.models, device=s.device, max_pixels=s.max_pixels)
-        png = encode_png(image, threads=self.settings.threads)
+        png = encode_png(image, threads=s.threads)
         _write(target, png)
         return {
             "bytes": len(png), "width": header.width, "height": header.height,
