@@ -5,11 +5,12 @@ against the CPU time that went into it, and when the goals would be reached at t
 
 Reads the stint table of a model's TRAINING.md ("## Background stints", one row per stint, written by
 `train-bg finish`): the total CPU minutes (whole-machine minutes, the table's unit), the Kodak top quality's
-PSNR (the last point of the Kodak column), the ceiling and the BD-rate against the JPEG anchor. Each measure
-is fitted as a straight line in log2 of the CPU minutes over the last `--last` rows (learning curves are
-roughly straight there: so much per doubling of training) and extrapolated to the goals of issue 23: BD-rate
-vs JPEG at -45 %, the top quality at 37 dB, the ceiling at 40 dB. The forecast is only as good as the pace
-of the recent rows; a change of recipe or a GPU changes it.
+PSNR (the last point of the Kodak column), the ceiling and the BD-rates against the JPEG and BPG anchors. Each
+measure is fitted as a straight line in log2 of the CPU minutes over the last `--last` rows (learning curves are
+roughly straight there: so much per doubling of training) and extrapolated to the goals of issue 36: BD-rate vs
+BPG at 0 %, the top quality at 38.5 dB, the ceiling at 40 dB (the BD-rate vs JPEG is fitted and drawn without a
+goal: issue 23's -45 % is met). The forecast is only as good as the pace of the recent rows; a change of recipe
+or a GPU changes it. A measure whose column the table lacks (older logs have no "vs BPG") is left out.
 
 A longer quality table moves the measures by a step of its own (a quality 9 ends the curve higher and adds
 a point where the BD-rate is weaker), so the rows are grouped by their table, told apart by the Kodak
@@ -30,10 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LOG = REPO / "models" / "cca-compact" / "TRAINING.md"
 SECTION = "## Background stints"
-# measure -> (the stint table's column, what it is, goal, whether lower is better)
-MEASURES = {
-    "bd_jpeg": ("vs JPEG", "BD-rate vs JPEG (%)", -45.0, True),
-    "top_psnr": ("Kodak", "top quality (dB)", 37.0, False),
+# measure -> (the stint table's column, what it is, goal or None, whether lower is better)
+MEASURES: dict[str, tuple[str, str, float | None, bool]] = {
+    "bd_jpeg": ("vs JPEG", "BD-rate vs JPEG (%)", None, True),
+    "bd_bpg": ("vs BPG", "BD-rate vs BPG (%)", 0.0, True),
+    "top_psnr": ("Kodak", "top quality (dB)", 38.5, False),
     "ceiling": ("ceiling dB", "ceiling (dB)", 40.0, False),
 }
 
@@ -45,6 +47,7 @@ class Stint:
     bd_jpeg: float  # % against the JPEG anchor
     top_psnr: float  # dB at the top quality
     ceiling: float  # dB
+    bd_bpg: float | None = None  # % against the BPG anchor; None where the table has no such column
     table: int = 3  # the Kodak cell's point count: 3 for a table up to quality 8, 4 for one above it
 
 
@@ -53,6 +56,15 @@ def _cell(cells: dict[str, str], prefix: str) -> str:
         if name.startswith(prefix):
             return value
     raise ValueError(f"no column starting with {prefix!r} in the stint table")
+
+
+def _optional_number(cells: dict[str, str], prefix: str) -> float | None:
+    """The number in the column starting with `prefix`; None when there is no such column or it holds none."""
+    try:
+        value = _cell(cells, prefix)
+    except ValueError:
+        return None
+    return float(value) if re.fullmatch(r"[+-]?[\d.]+", value) else None
 
 
 def read_stints(path: Path) -> list[Stint]:
@@ -84,17 +96,18 @@ def read_stints(path: Path) -> list[Stint]:
         if not (total and top and re.fullmatch(r"[\d.]+", ceiling)):
             continue
         stints.append(Stint(row[header[0]], float(total.group(1).replace(",", "")), float(_cell(row, MEASURES["bd_jpeg"][0])),
-                            float(top[-1]), float(ceiling), len(top)))
+                            float(top[-1]), float(ceiling), _optional_number(row, MEASURES["bd_bpg"][0]), len(top)))
     if not stints:
         raise ValueError(f"{path}: no stint rows with a CPU total, a Kodak curve and a ceiling")
     return stints
 
 
 def forecast(stints: list[Stint], last: int) -> dict[str, dict]:
-    """Per measure: the line fitted over the last `last` rows (value = intercept + per_doubling *
-    log2(CPU minutes), with one slope for all rows and an offset for each quality table other than the
-    last row's; `intercept` is the last row's table's) and the total CPU minutes at which it meets the
-    goal (the last row's when that already has; None when the line moves away from it)."""
+    """Per measure the last `last` rows all report: the line fitted over them (value = intercept +
+    per_doubling * log2(CPU minutes), with one slope for all rows and an offset for each quality table
+    other than the last row's; `intercept` is the last row's table's) and, for a measure with a goal, the
+    total CPU minutes at which it meets it (the last row's when that already has; None when the line moves
+    away from it)."""
     rows = stints[-last:]
     others = sorted({s.table for s in rows} - {rows[-1].table})
     if len(rows) < 2 + len(others):
@@ -103,48 +116,60 @@ def forecast(stints: list[Stint], last: int) -> dict[str, dict]:
     design = np.column_stack([log_minutes, np.ones(len(rows))] + [[float(s.table == t) for s in rows] for t in others])
     out = {}
     for name, (_, _, goal, lower_is_better) in MEASURES.items():
-        values = np.array([getattr(s, name) for s in rows])
+        column = [getattr(s, name) for s in rows]
+        if any(v is None for v in column):
+            continue
+        values = np.array(column, dtype=float)
         slope, intercept = np.linalg.lstsq(design, values, rcond=None)[0][:2]
-        improving = slope < 0 if lower_is_better else slope > 0
-        reached = (values[-1] <= goal) if lower_is_better else (values[-1] >= goal)
         at = None
-        if reached:
-            at = rows[-1].cpu_minutes
-        elif improving:
-            at = float(2 ** ((goal - intercept) / slope))
+        if goal is not None:
+            improving = slope < 0 if lower_is_better else slope > 0
+            reached = (values[-1] <= goal) if lower_is_better else (values[-1] >= goal)
+            if reached:
+                at = rows[-1].cpu_minutes
+            elif improving:
+                at = float(2 ** ((goal - intercept) / slope))
         out[name] = {"goal": goal, "now": float(values[-1]), "per_doubling": round(float(slope), 3), "intercept": float(intercept),
                      "cpu_minutes_at_goal": None if at is None else round(at, 1)}
     return out
 
 
 def markdown(stints: list[Stint], fits: dict[str, dict], last: int) -> str:
-    lines = ["| date | CPU min (total) | Kodak points | vs JPEG % | top quality dB | ceiling dB |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {s.date} | {s.cpu_minutes:,.1f} | {s.table} | {s.bd_jpeg:+.1f} | {s.top_psnr:.2f} | {s.ceiling:.2f} |" for s in stints]
+    lines = ["| date | CPU min (total) | Kodak points | vs JPEG % | vs BPG % | top quality dB | ceiling dB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {s.date} | {s.cpu_minutes:,.1f} | {s.table} | {s.bd_jpeg:+.1f} | {'-' if s.bd_bpg is None else f'{s.bd_bpg:+.1f}'} "
+              f"| {s.top_psnr:.2f} | {s.ceiling:.2f} |" for s in stints]
     rows = stints[-last:]
     tables = "" if len({s.table for s in rows}) == 1 else f" (one offset per quality table; the forecast is for the last row's, {rows[-1].table} Kodak points)"
     lines += ["", f"Fitted over the last {len(rows)} rows, linear in log2(CPU minutes){tables}:", "",
               "| measure | now | goal | per doubling of CPU minutes | CPU min (total) at the goal |", "|---|---:|---:|---:|---:|"]
     for name, f in fits.items():
-        at = "never at this pace" if f["cpu_minutes_at_goal"] is None else f"{f['cpu_minutes_at_goal']:,.0f}"
-        lines.append(f"| {MEASURES[name][1]} | {f['now']:g} | {f['goal']:g} | {f['per_doubling']:+.2f} | {at} |")
+        if f["goal"] is None:
+            goal = at = "-"
+        else:
+            goal = f"{f['goal']:g}"
+            at = "never at this pace" if f["cpu_minutes_at_goal"] is None else f"{f['cpu_minutes_at_goal']:,.0f}"
+        lines.append(f"| {MEASURES[name][1]} | {f['now']:g} | {goal} | {f['per_doubling']:+.2f} | {at} |")
     return "\n".join(lines)
 
 
 def plot(stints: list[Stint], fits: dict[str, dict], last: int, path: Path) -> None:
-    """Three panels against CPU hours (log scale), with the fitted lines and the goals."""
+    """One panel per fitted measure against CPU hours (log scale), with the stints that report it, the
+    fitted line and the goal."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-    fig = Figure(figsize=(12, 3.6))
-    hours = np.array([s.cpu_minutes / 60 for s in stints])
-    for i, (name, (_, label, goal, _)) in enumerate(MEASURES.items()):
-        ax = fig.add_subplot(1, 3, i + 1)
-        ax.plot(hours, [getattr(s, name) for s in stints], "o-", label="stints")
-        f = fits[name]
+    fig = Figure(figsize=(4 * len(fits), 3.6))
+    for i, (name, f) in enumerate(fits.items()):
+        _, label, goal, _ = MEASURES[name]
+        ax = fig.add_subplot(1, len(fits), i + 1)
+        shown = [s for s in stints if getattr(s, name) is not None]
+        hours = np.array([s.cpu_minutes / 60 for s in shown])
+        ax.plot(hours, [getattr(s, name) for s in shown], "o-", label="stints")
         end = max(hours[-1], (f["cpu_minutes_at_goal"] or 0) / 60) * 1.1
         xs = np.geomspace(stints[-min(last, len(stints))].cpu_minutes / 60, end, 50)
         ax.plot(xs, f["intercept"] + f["per_doubling"] * np.log2(xs * 60), "--", label="fit")
-        ax.axhline(goal, color="grey", linestyle=":", label=f"goal {goal:g}")
+        if goal is not None:
+            ax.axhline(goal, color="grey", linestyle=":", label=f"goal {goal:g}")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator([1, 2, 3, 5, 10, 20, 30, 50, 100]))
         ax.xaxis.set_major_formatter(ScalarFormatter())
