@@ -104,6 +104,9 @@ CANDIDATES: dict[str, Candidate] = {
     # 2 x 384x384 per step instead of 4 x 256x256 (1.125x the pixels per step, more context per sample),
     # cut from 416-px pack crops so each keeps the recipe's 32-px room for random placement
     "crop384": Candidate(("--batch", "2", "--crop", "384"), pack="crop416"),
+    # with --decay: each stint's warm restart peaks at 3e-5 instead of 1e-4 (still decaying to lr_final), so that
+    # a restart from decayed weights gives back less of what the last decay bought
+    "peak3e-5": Candidate(("--lr", "3e-5")),
 }
 
 
