@@ -158,6 +158,8 @@ def test_append_stint_row_keeps_one_table(tmp_path):
     assert "| b4x256 on AMD EPYC, AVX512-BF16 |" in md.read_text()
     stint.append_stint_row(md, {**row, "date": "2026-12-03", "total_cpu_minutes": 1006.24})
     assert "| 1.5 (1,006.2) |" in md.read_text()
+    stint.append_stint_row(md, {**row, "date": "2026-12-04", "loss": -15.95, "bpp": 1.2, "psnr": 32.6})
+    assert "| -15.950 / 1.200 / 32.60 |" in md.read_text()  # fixed decimals, so the column lines up
 
 
 def test_kodak_points_end_with_the_top_quality_above_8(tmp_path):

@@ -107,7 +107,7 @@ def append_stint_row(training_md: Path, row: dict) -> None:
     recipe = f"{row['recipe']} on {row['machine']}" if row.get("machine") else row["recipe"]
     line = (
         f"| {row['date']} | {row['steps']:,} ({row['total_steps']:,}) | {row['cpu_minutes']:,.1f} ({row['total_cpu_minutes']:,.1f}) | "
-        f"{row['wall_minutes']} | {recipe} | {row['loss']} / {row['bpp']} / {row['psnr']} | {row['kodak']} | "
+        f"{row['wall_minutes']} | {recipe} | {row['loss']:.3f} / {row['bpp']:.3f} / {row['psnr']:.2f} | {row['kodak']} | "
         f"{db(row.get('ceiling'))} | {db(row.get('top_step_gain'), '+')} | {fmt(row['bd'].get('jpeg'))} | {fmt(row['bd'].get('vtm'))} | {fmt(row['bd'].get('bpg'))} | "
         f"{fmt(row['bd'].get('shipped'))} | {row['committed']} |\n"
     )
