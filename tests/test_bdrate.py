@@ -52,6 +52,25 @@ def test_three_points_use_a_quadratic_and_fewer_are_refused():
         bd_rate(RATE[:2], PSNR[:2], RATE, PSNR)
 
 
+@pytest.mark.filterwarnings("error")
+def test_repeated_values_lower_the_degree_and_two_distinct_are_refused():
+    """Two qualities with the same file size: a quadratic through the three distinct rates, no RankWarning."""
+    rate, psnr = [0.1, 0.25, 0.5, 0.5], [28.0, 31.0, 34.0, 34.2]
+    assert bd_psnr(rate, psnr, rate, [p + 0.5 for p in psnr]) == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError, match="only 2 distinct rate values"):
+        bd_psnr(RATE, PSNR, [0.4, 0.4, 0.5], [6.6, 6.7, 6.8])
+    with pytest.raises(ValueError, match="only 2 distinct PSNR values"):
+        bd_rate([0.4, 0.5, 0.6], [30.0, 30.0, 31.0], RATE, PSNR)
+
+
+@pytest.mark.filterwarnings("error")
+def test_points_close_together_fit_without_a_rank_warning():
+    """Five points within 0.004 dB of 40 dB: a cubic in raw PSNR would be ill-conditioned."""
+    rate = [1.0, 1.001, 1.002, 1.003, 1.004]
+    psnr = [40.0, 40.001, 40.002, 40.003, 40.004]
+    assert bd_rate(rate, psnr, [r / 2 for r in rate], psnr) == pytest.approx(-50.0, abs=1e-6)
+
+
 def test_non_overlapping_curves_are_refused():
     higher = [p + 20.0 for p in PSNR]
     with pytest.raises(ValueError, match="do not overlap in PSNR"):

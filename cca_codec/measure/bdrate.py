@@ -48,8 +48,19 @@ def _average_difference(
 ) -> float:
     """Mean of (fit of y_test - fit of y_anchor) over the overlap of the two x ranges.
 
-    Each fit is a polynomial in x of degree 3, or 2 for a curve of exactly three points.
+    Each fit is a least-squares polynomial in x of degree 3, or 2 for a curve with exactly
+    three distinct x values; a curve with fewer distinct x values (two qualities that gave the
+    same PSNR, or the same file size) has no such fit and is refused. The fit maps each curve's
+    x range onto [-1, 1] first (numpy's ``Polynomial.fit``): the same polynomial as a fit in
+    raw x, without the ill-conditioning of cubing PSNR values near 40 dB.
     """
+    for label, x in (("anchor", x_anchor), ("test", x_test)):
+        distinct = np.unique(x).size
+        if distinct < MIN_POINTS:
+            raise ValueError(
+                f"{label} curve has only {distinct} distinct {axis} values; "
+                f"the Bjontegaard fit needs at least {MIN_POINTS}"
+            )
     low = max(x_anchor.min(), x_test.min())
     high = min(x_anchor.max(), x_test.max())
     if not high > low:
@@ -59,9 +70,9 @@ def _average_difference(
         )
     integrals = []
     for x, y in ((x_anchor, y_anchor), (x_test, y_test)):
-        degree = min(3, x.size - 1)
-        antiderivative = np.polyint(np.polyfit(x, y, degree))
-        integrals.append(np.polyval(antiderivative, high) - np.polyval(antiderivative, low))
+        degree = min(3, np.unique(x).size - 1)
+        antiderivative = np.polynomial.Polynomial.fit(x, y, degree).integ()
+        integrals.append(antiderivative(high) - antiderivative(low))
     return float((integrals[1] - integrals[0]) / (high - low))
 
 
@@ -78,8 +89,9 @@ def bd_rate(
     (in the log domain) over the PSNR interval both curves cover.
 
     Raises:
-        ValueError: a curve with fewer than 3 points, mismatched lengths, non-finite
-            values or a rate <= 0, or curves whose PSNR ranges do not overlap.
+        ValueError: a curve with fewer than 3 points (or fewer than 3 distinct PSNR
+            values), mismatched lengths, non-finite values or a rate <= 0, or curves
+            whose PSNR ranges do not overlap.
     """
     log_ra, pa = _curve(rate_anchor, psnr_anchor, "anchor")
     log_rt, pt = _curve(rate_test, psnr_test, "test")
@@ -99,7 +111,8 @@ def bd_psnr(
     interval both curves cover; positive means the test codec is better.
 
     Raises:
-        ValueError: as :func:`bd_rate`, with the overlap taken over rate instead of PSNR.
+        ValueError: as :func:`bd_rate`, with the distinct values and the overlap taken
+            over rate instead of PSNR.
     """
     log_ra, pa = _curve(rate_anchor, psnr_anchor, "anchor")
     log_rt, pt = _curve(rate_test, psnr_test, "test")
