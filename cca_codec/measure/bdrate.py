@@ -2,8 +2,8 @@
 
 A curve is a list of operating points, rate (any positive unit, e.g. bits per pixel) and
 PSNR (dB). Each curve is fitted with a cubic polynomial (a quadratic when it has exactly
-three points) and the two fits are integrated over the interval where both curves have
-data, as in VCEG-M33 and CompressAI's ``compressai.utils.bench``:
+three distinct values on the fitted axis) and the two fits are integrated over the interval
+where both curves have data, as in VCEG-M33 and CompressAI's ``compressai.utils.bench``:
 
 * :func:`bd_rate` fits log(rate) as a function of PSNR and returns the average rate
   difference of the test curve against the anchor in percent (negative = test saves bits).
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 MIN_POINTS = 3
-"""Fewest operating points a curve needs (a quadratic fit); four or more get a cubic."""
+"""Fewest operating points, and distinct values on the fitted axis, a curve needs (a quadratic fit);
+four or more distinct values get a cubic."""
 
 PSNR_KEYS = ("psnr-rgb", "psnr")
 """Keys a CompressAI-schema ``results`` object may hold the PSNR (dB) under, in order of preference."""
