@@ -55,6 +55,7 @@ def _average_difference(
     x range onto [-1, 1] first (numpy's ``Polynomial.fit``): the same polynomial as a fit in
     raw x, without the ill-conditioning of cubing PSNR values near 40 dB.
     """
+    degrees = []
     for label, x in (("anchor", x_anchor), ("test", x_test)):
         distinct = np.unique(x).size
         if distinct < MIN_POINTS:
@@ -62,6 +63,7 @@ def _average_difference(
                 f"{label} curve has only {distinct} distinct {axis} values; "
                 f"the Bjontegaard fit needs at least {MIN_POINTS}"
             )
+        degrees.append(min(3, distinct - 1))
     low = max(x_anchor.min(), x_test.min())
     high = min(x_anchor.max(), x_test.max())
     if not high > low:
@@ -70,8 +72,7 @@ def _average_difference(
             f"[{x_anchor.min():.4g}, {x_anchor.max():.4g}], test covers [{x_test.min():.4g}, {x_test.max():.4g}]"
         )
     integrals = []
-    for x, y in ((x_anchor, y_anchor), (x_test, y_test)):
-        degree = min(3, np.unique(x).size - 1)
+    for x, y, degree in ((x_anchor, y_anchor, degrees[0]), (x_test, y_test, degrees[1])):
         antiderivative = np.polynomial.Polynomial.fit(x, y, degree).integ()
         integrals.append(antiderivative(high) - antiderivative(low))
     return float((integrals[1] - integrals[0]) / (high - low))
