@@ -176,9 +176,10 @@ def test_kodak_points_end_with_the_top_quality_above_8(tmp_path):
 
 def test_cpu_description_names_the_bf16_instructions():
     intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Platinum 8480+\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
-    amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n"
+    amd = ("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\n"
+           "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: other\n")
     assert stint.cpu_description(intel) == "Intel(R) Xeon(R) Platinum 8480+, AMX-BF16"
-    assert stint.cpu_description(amd) == "AMD EPYC, AVX512-BF16"
+    assert stint.cpu_description(amd) == "AMD EPYC (family 25, model 17), AVX512-BF16"  # the first processor's
     assert stint.cpu_description("model name\t: Old CPU\nflags\t: fpu sse2\n") == "Old CPU"
     assert stint.cpu_description("")  # some name even without /proc/cpuinfo
 

@@ -168,22 +168,25 @@ BF16_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx_vn
 
 
 def cpu_description(cpuinfo: str | None = None) -> str:
-    """The CPU a stint trained on, for its TRAINING.md row: model name and its best bf16
-    instructions ("AMD EPYC, AVX512-BF16"). A CPU minute buys different numbers of steps on
-    different CPUs, so the learning curve needs it. `cpuinfo`: /proc/cpuinfo's text (read when None)."""
+    """The CPU a stint trained on, for its TRAINING.md row: model name, family and model numbers,
+    and its best bf16 instructions ("AMD EPYC (family 25, model 17), AVX512-BF16"). A CPU minute
+    buys different numbers of steps on different CPUs, so the learning curve needs it; under a
+    hypervisor the model name is often only the brand (AMD EPYC of Zen 4 and of Zen 5 alike, about
+    2x apart in steps a minute), which the numbers tell apart. `cpuinfo`: /proc/cpuinfo's text
+    (read when None); only its first processor is read."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    name, flags = "", set()
+    first: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and not name:
-            name = " ".join(value.split())
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
+        first.setdefault(key.strip(), " ".join(value.split()))
+    name = first.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if first.get("cpu family") and first.get("model"):
+        name += f" (family {first['cpu family']}, model {first['model']})"
+    flags = set(first.get("flags", "").split())
     best = next((label for flag, label in BF16_FLAGS if flag in flags), None)
     return f"{name}, {best}" if best else name
 
