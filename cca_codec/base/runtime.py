@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import NoReturn
 
 SPIN_COUNT = "10000"
@@ -89,6 +90,21 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def cpu_info(text: str | None = None) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "model", "flags",
+    ...), values stripped; `text` is that file's content, read when None (empty where there is none)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():  # each key's first value: the first processor's
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def set_torch_threads(threads: int | None) -> None:

@@ -6,6 +6,7 @@ import os
 import torch
 
 from cca_codec.base.errors import UsageError
+from cca_codec.base.runtime import cpu_info
 
 
 def resolve_device(option: str = "auto", local_rank: int | None = None, *, any_device: bool = False) -> torch.device:
@@ -46,19 +47,10 @@ def cpu_features() -> dict:
     name and which of CPU_FLAGS it has (Linux; empty elsewhere), torch's CPU capability (its own
     kernels; ATEN_CPU_CAPABILITY lowers it), oneDNN's ISA limit (ONEDNN_MAX_CPU_ISA, unset: the
     CPU's best), and whether oneDNN computes bf16 natively (what `--precision auto` asks)."""
-    model, flags = "unknown", set()
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
+    info = cpu_info()
+    flags = set(info.get("flags", "").split())
     return {
-        "cpu": model,
+        "cpu": info.get("model name") or "unknown",
         "flags": [f for f in CPU_FLAGS if f in flags],
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_isa_limit": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cca_codec.base.fileio import atomic_write
+from cca_codec.base.runtime import cpu_info
 
 STINTS_HEADING = "## Background stints"
 
@@ -174,16 +175,8 @@ def cpu_description(cpuinfo: str | None = None) -> str:
     hypervisor the model name is often only the brand (AMD EPYC of Zen 4 and of Zen 5 alike, about
     2x apart in steps a minute), which the numbers tell apart. `cpuinfo`: /proc/cpuinfo's text
     (read when None); only its first processor is read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    first: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        first.setdefault(key.strip(), " ".join(value.split()))
-    name = first.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    first = cpu_info(cpuinfo)
+    name = " ".join(first.get("model name", "").split()) or platform.processor() or platform.machine() or "unknown CPU"
     if first.get("cpu family") and first.get("model"):
         name += f" (family {first['cpu family']}, model {first['model']})"
     flags = set(first.get("flags", "").split())
